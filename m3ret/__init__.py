@@ -1,0 +1,1 @@
+"""m3ret: zero-shot multimodal medical image retrieval."""

@@ -1,0 +1,306 @@
+"""Typed sections of params.yaml: one dataclass per section; unknown keys are errors.
+
+The CLI loads params.yaml once (`load_params`) and hands each library function its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A broken configuration: fails at once, naming the key."""
+
+
+# ---------------------------------------------------------------------------------------------- read
+@dataclass(frozen=True)
+class WindowingConfig:
+    """How stored intensities become display grey levels.
+
+    `use_header`: apply the DICOM header's VOI LUT or WindowCenter/Width when present.
+    Otherwise CT uses `presets[ct_preset]` (centre, width in HU); other modalities use the
+    `percentiles` range of the item's own intensities.
+    """
+
+    use_header: bool = True
+    ct_preset: str = "soft_tissue"
+    presets: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {
+            "soft_tissue": (40.0, 400.0),
+            "lung": (-600.0, 1500.0),
+            "bone": (400.0, 1800.0),
+            "brain": (40.0, 80.0),
+        }
+    )
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        if self.ct_preset not in self.presets:
+            raise ConfigError(f"read.windowing.ct_preset={self.ct_preset!r}; valid: {sorted(self.presets)}")
+
+
+@dataclass(frozen=True)
+class VideoSamplingConfig:
+    """`uniform`: `num_frames` evenly spaced over the clip; `fps`: a frame every 1/fps s, at most `max_frames`."""
+
+    mode: Literal["uniform", "fps"] = "uniform"
+    num_frames: int = 16
+    fps: float = 1.0
+    max_frames: int = 64
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Refuse items whose header declares more than this, before decoding anything."""
+
+    max_file_mb: float = 4096.0
+    max_side: int = 16384
+    max_frames: int = 4096
+    max_voxels: int = 1_500_000_000
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    windowing: WindowingConfig = field(default_factory=WindowingConfig)
+    video: VideoSamplingConfig = field(default_factory=VideoSamplingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+# -------------------------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class DemoDataConfig:
+    out: str = "data/demo"
+    n_videos: int = 3
+    video_frames: int = 24
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One place to ingest from. `modality` overrides what the files say (e.g. `endoscopy` for a video folder)."""
+
+    path: str
+    dataset: str = ""
+    modality: str = ""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sources: tuple[SourceConfig, ...] = ()
+    out: str = "data/manifest.parquet"
+    quarantine: str = "reports/quarantine.csv"
+    cache_dir: str = "data/cache/ingest"
+    salt_file: str = "data/id_salt"
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Items to model-ready frames: `size` px square letterboxed, sharded uint8 arrays.
+
+    `channels`: `replicate` copies grey to 3 channels and keeps colour; `grey` also turns colour into luminance.
+    Volumes are cut along `planes` every `slice_stride` slices, at most `max_slices_per_plane` per plane.
+    """
+
+    out: str = "data/frames"
+    size: int = 64
+    channels: Literal["replicate", "grey"] = "replicate"
+    planes: tuple[Literal["axial", "coronal", "sagittal"], ...] = ("axial",)
+    slice_stride: int = 1
+    max_slices_per_plane: int = 64
+    drop_blank_slices: bool = True
+    shard_frames: int = 4096
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Group-disjoint fractions for items that carry no benchmark role; the rest is pretrain."""
+
+    out: str = "data/splits.parquet"
+    gallery_frac: float = 0.15
+    query_frac: float = 0.05
+    group_by: Literal["patient", "series"] = "patient"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.gallery_frac >= 0 and self.query_frac >= 0 and self.gallery_frac + self.query_frac < 1):
+            raise ConfigError("split.gallery_frac + split.query_frac must lie in [0, 1)")
+
+
+# ------------------------------------------------------------------------------------- model/pretrain
+@dataclass(frozen=True)
+class ModelConfig:
+    """A timm ViT (`name`) built at `img_size` with `patch_size`; `pooling` is `cls` or `mean` of patch tokens."""
+
+    name: str = "vit_tiny_patch16_224"
+    img_size: int = 64
+    patch_size: int = 8
+    pooling: Literal["cls", "mean"] = "mean"
+    drop_path_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@dataclass(frozen=True)
+class SimDINOConfig:
+    n_local: int = 2
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    local_size: int = 32
+    head_hidden_dim: int = 512
+    head_out_dim: int = 128
+    eps: float = 0.2
+    coding_weight: float = 1.0
+    ema_start: float = 0.99
+    ema_end: float = 1.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Identical for every modality (M3Ret: no modality-specific parts)."""
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    blur_prob: float = 0.2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.01
+    clip_grad: float = 1.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    objective: str = "mae"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    simdino: SimDINOConfig = field(default_factory=SimDINOConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    splits: tuple[str, ...] = ("pretrain", "gallery")
+    epochs: float = 2.0
+    batch_size: int = 64
+    workers: int = 1
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    out: str = "models/pretrain"
+    metrics_dir: str = "reports/pretrain"
+
+
+# ---------------------------------------------------------------------------------------------- load
+SECTIONS: dict[str, type] = {
+    "read": ReadConfig,
+    "demo_data": DemoDataConfig,
+    "ingest": IngestConfig,
+    "preprocess": PreprocessConfig,
+    "split": SplitConfig,
+    "pretrain": PretrainConfig,
+}
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}={value!r}; valid: {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {_coerce(kt, k, where): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with the key's full name."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def to_dict(section: Any) -> dict[str, Any]:
+    """The plain-data form of a section (tuples as lists), e.g. to store inside a checkpoint."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(section))))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Params:
+    read: ReadConfig
+    demo_data: DemoDataConfig
+    ingest: IngestConfig
+    preprocess: PreprocessConfig
+    split: SplitConfig
+    pretrain: PretrainConfig
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml; every top-level section must be known, missing ones take their defaults."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown} in {path}; valid: {sorted(SECTIONS)}")
+    return Params(**{name: from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()})

@@ -1,0 +1,152 @@
+"""The preprocess stage: every manifest item to model-ready frames uint8 [S,S,3] in shards + a frames manifest.
+
+2-D images give one frame, videos their sampled frames, volumes their slices along the configured planes.
+Items that fail to decode now (a file changed since ingest) are quarantined, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from m3ret.config import PreprocessConfig, ReadConfig
+from m3ret.data.errors import InputError
+from m3ret.data.frame_store import FRAME_COLUMNS, ShardWriter, write_frames_table
+from m3ret.data.ingest import QUARANTINE_COLUMNS
+from m3ret.data.medmnist_reader import iter_medmnist
+from m3ret.data.parallel import ItemCrash, parallel_map
+from m3ret.data.readers import read_item
+from m3ret.data.resize import letterbox
+
+# a slice whose grey levels vary less than this (std, 0..255) is background: air around a body, padding slices
+BLANK_STD = 2.0
+
+
+def to_rgb(frames: np.ndarray, channels: str) -> np.ndarray:
+    """[T,H,W,1|3] -> [T,H,W,3]: grey replicated; colour kept (`replicate`) or made luminance (`grey`, ITU-R 601)."""
+    if frames.shape[-1] == 1:
+        return np.repeat(frames, 3, axis=-1)
+    if channels == "grey":
+        luma = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.repeat(np.clip(luma.round(), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    return frames
+
+
+def _plane_stacks(volume: np.ndarray, spacing: list[float] | None, planes: tuple[str, ...]):
+    """Yield (plane, slices [N,h,w,C], row/col pixel aspect) from an axial stack [Z,Y,X,C] (slice 0 inferior).
+
+    Coronal and sagittal cuts put superior at the top (z reversed), as radiologists view them.
+    """
+    dz, dy, dx = spacing if spacing and len(spacing) == 3 and all(spacing) else (1.0, 1.0, 1.0)
+    for plane in planes:
+        if plane == "axial":
+            yield plane, volume, dy / dx
+        elif plane == "coronal":
+            yield plane, volume.transpose(1, 0, 2, 3)[:, ::-1], dz / dx
+        else:
+            yield plane, volume.transpose(2, 0, 1, 3)[:, ::-1], dz / dy
+
+
+def _select_slices(slices: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Indices kept: every `slice_stride`-th non-blank slice, evenly thinned to `max_slices_per_plane`."""
+    index = np.arange(0, len(slices), cfg.slice_stride)
+    if cfg.drop_blank_slices and len(index) > 1:
+        spread = slices[index].reshape(len(index), -1).std(axis=1)
+        kept = index[spread >= BLANK_STD]
+        index = kept if len(kept) else index[[len(index) // 2]]
+    if len(index) > cfg.max_slices_per_plane:
+        index = index[np.linspace(0, len(index) - 1, cfg.max_slices_per_plane).round().astype(int)]
+    return index
+
+
+def item_frames(frames: np.ndarray, meta: dict[str, Any], cfg: PreprocessConfig) -> tuple[np.ndarray, list[dict]]:
+    """One decoded item -> model-ready frames uint8 [N,S,S,3] and one record per frame (plane, indices, time)."""
+    records: list[dict] = []
+    out: list[np.ndarray] = []
+    if meta["kind"] == "volume" and len(frames) > 1:
+        n_volumes = int(meta.get("n_volumes", 1))
+        per_volume = len(frames) // n_volumes
+        for v in range(n_volumes):
+            volume = frames[v * per_volume : (v + 1) * per_volume]
+            for plane, slices, aspect in _plane_stacks(volume, meta.get("spacing"), cfg.planes):
+                for i in _select_slices(slices, cfg):
+                    out.append(letterbox(np.ascontiguousarray(slices[i]), cfg.size, aspect))
+                    records.append({"plane": plane, "volume_index": v, "frame_index": int(i), "timestamp": np.nan})
+    else:
+        timestamps = meta.get("timestamps") or [np.nan] * len(frames)
+        for i, frame in enumerate(frames):
+            out.append(letterbox(frame, cfg.size))
+            records.append({"plane": "", "volume_index": 0, "frame_index": i, "timestamp": float(timestamps[i])})
+    return to_rgb(np.stack(out), cfg.channels), records
+
+
+@dataclass(frozen=True)
+class _Job:
+    reader: str
+    paths: tuple[str, ...]
+    item_ids: tuple[str, ...]  # one, or every requested entry of an npz file
+    entries: tuple[str, ...]
+    cfg: PreprocessConfig
+    read: ReadConfig
+
+
+def _preprocess_one(job: _Job) -> list[tuple[str, np.ndarray | None, list[dict] | str]]:
+    """[(item_id, frames, records)] or [(item_id, None, reason)] per item of the job; never raises on bad input."""
+    try:
+        if job.reader == "npz":
+            wanted = dict(zip(job.entries, job.item_ids, strict=True))
+            results = []
+            for entry, frames, meta in iter_medmnist(Path(job.paths[0])):
+                if entry in wanted:
+                    results.append((wanted.pop(entry), *item_frames(frames, meta, job.cfg)))
+            return results + [(item_id, None, "entry no longer in the npz file") for item_id in wanted.values()]
+        frames, meta = read_item(job.reader, [Path(p) for p in job.paths], "", job.read)
+        return [(job.item_ids[0], *item_frames(frames, meta, job.cfg))]
+    except InputError as err:
+        return [(item_id, None, err.reason) for item_id in job.item_ids]
+    except Exception as err:  # a decoder bug must not end the run: the item is quarantined with the error
+        return [(item_id, None, f"unexpected {type(err).__name__}: {err}") for item_id in job.item_ids]
+
+
+def _jobs(manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig) -> list[_Job]:
+    jobs = []
+    npz = manifest[manifest.reader == "npz"]
+    for path, group in npz.groupby("path", sort=False):
+        jobs.append(_Job("npz", (path,), tuple(group.item_id), tuple(group.entry), cfg, read_cfg))
+    for row in manifest[manifest.reader != "npz"].itertuples():
+        jobs.append(_Job(row.reader, tuple(json.loads(row.paths)), (row.item_id,), ("",), cfg, read_cfg))
+    return jobs
+
+
+def preprocess(
+    manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write shards and `frames.parquet` under cfg.out; returns (frames table, quarantine of failed items)."""
+    root = Path(cfg.out)
+    writer = ShardWriter(root, cfg.size, cfg.shard_frames)
+    tables: list[pd.DataFrame] = []
+    rejects: list[tuple[str, str, str]] = []
+    path_of = dict(zip(manifest.item_id, manifest.path, strict=True))
+    jobs = _jobs(manifest, cfg, read_cfg)
+    for job, results in zip(jobs, parallel_map(_preprocess_one, jobs, cfg.workers, desc="preprocess"), strict=True):
+        if isinstance(results, ItemCrash):
+            results = [(item_id, None, results.reason) for item_id in job.item_ids]
+        for item_id, frames, records in results:
+            if frames is None:
+                rejects.append((path_of[item_id], records, "preprocess"))
+                continue
+            table = pd.DataFrame(records)
+            table["item_id"] = item_id
+            table[["shard", "row"]] = writer.append(frames)
+            tables.append(table)
+    writer.close()
+    frames_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(FRAME_COLUMNS))
+    frames_table["frame_id"] = np.arange(len(frames_table), dtype=np.int64)
+    frames_table = frames_table[list(FRAME_COLUMNS)]
+    write_frames_table(root, frames_table, cfg.size)
+    return frames_table, pd.DataFrame(rejects, columns=list(QUARANTINE_COLUMNS))

@@ -1,0 +1,102 @@
+"""Preprocess: manifest items to letterboxed uint8 frames in shards, linked to their items."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mixed_source import build_mixed_source  # noqa: E402
+
+from m3ret.config import IngestConfig, PreprocessConfig, ReadConfig, SourceConfig  # noqa: E402
+from m3ret.data.frame_store import FrameStore  # noqa: E402
+from m3ret.data.ingest import ingest  # noqa: E402
+from m3ret.data.preprocess import item_frames, preprocess, to_rgb  # noqa: E402
+from m3ret.data.resize import letterbox  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    tmp = tmp_path_factory.mktemp("prep")
+    source = build_mixed_source(tmp / "source")
+    cfg = IngestConfig(
+        sources=(SourceConfig(path=str(source)),),
+        out=str(tmp / "m.parquet"),
+        quarantine=str(tmp / "q.csv"),
+        cache_dir=str(tmp / "cache"),
+    )
+    return ingest(cfg, ReadConfig(), b"salt-salt-salt-salt")[0]
+
+
+def test_frames_per_item_and_store_round_trip(tmp_path: Path, manifest: pd.DataFrame) -> None:
+    cfg = PreprocessConfig(
+        out=str(tmp_path / "frames"), size=32, slice_stride=1, drop_blank_slices=False, shard_frames=7
+    )
+    frames, quarantine = preprocess(manifest, cfg, ReadConfig())
+    assert quarantine.empty
+    counts = frames.groupby("item_id").size()
+    expected = dict(zip(manifest.item_id, manifest.n_frames, strict=True))
+    video = manifest[manifest.kind == "video"].item_id.iloc[0]
+    expected[video] = ReadConfig().video.num_frames
+    assert counts.to_dict() == expected
+    store = FrameStore(tmp_path / "frames")
+    assert len(store) == len(frames) and store.size == 32
+    assert len(list((tmp_path / "frames").glob("shard-*.npy"))) == -(-len(frames) // 7)
+    batch = store.get(np.arange(len(store))[::-1])
+    assert batch.shape == (len(frames), 32, 32, 3) and batch.dtype == np.uint8
+    # grey items are replicated to 3 identical channels
+    grey_ids = set(manifest[manifest.channels == 1].item_id)
+    grey_rows = frames.index[frames.item_id.isin(grey_ids)].to_numpy()
+    grey = store.get(grey_rows)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    # video frames keep their timestamps, in order
+    stamps = frames[frames.item_id == video].timestamp.to_numpy()
+    assert np.all(np.diff(stamps) > 0)
+
+
+def test_stride_and_cap_limit_slices(tmp_path: Path, manifest: pd.DataFrame) -> None:
+    cfg = PreprocessConfig(
+        out=str(tmp_path / "f"),
+        size=16,
+        slice_stride=2,
+        max_slices_per_plane=3,
+        drop_blank_slices=False,
+        planes=("axial", "coronal", "sagittal"),
+    )
+    frames, _ = preprocess(manifest, cfg, ReadConfig())
+    nifti = manifest[manifest.reader == "nifti"].item_id.iloc[0]
+    per_plane = frames[frames.item_id == nifti].groupby("plane").size().to_dict()
+    assert per_plane == {"axial": 3, "coronal": 3, "sagittal": 3}
+
+
+def test_item_frames_planes_and_blank_slices() -> None:
+    volume = np.zeros((10, 8, 6, 1), dtype=np.uint8)
+    volume[2:5, 2:6, 1:5] = 200  # a block in slices 2..4; the rest is blank
+    meta = {"kind": "volume", "spacing": [3.0, 1.0, 1.0]}
+    cfg = PreprocessConfig(size=12, slice_stride=1, planes=("axial",), drop_blank_slices=True)
+    out, records = item_frames(volume, meta, cfg)
+    assert [r["frame_index"] for r in records] == [2, 3, 4]
+    assert out.shape == (3, 12, 12, 3)
+    cfg = PreprocessConfig(size=12, planes=("coronal",), drop_blank_slices=False)
+    out, records = item_frames(volume, meta, cfg)
+    assert len(records) == 8 and {r["plane"] for r in records} == {"coronal"}
+    # coronal cut of 10 slices x 3 mm vs 6 px x 1 mm: taller than wide, superior (last slice) at the top
+    frame = out[3, :, :, 0]
+    rows = np.flatnonzero(frame.max(axis=1))
+    assert rows.min() > 0 and rows.max() < 11 and rows.mean() > 6
+
+
+def test_letterbox_keeps_aspect_and_to_rgb() -> None:
+    wide = np.full((10, 40, 1), 255, dtype=np.uint8)
+    boxed = letterbox(wide, 20)
+    assert boxed.shape == (20, 20, 1)
+    assert boxed[:, :, 0].max(axis=1).tolist().count(255) == 5
+    colour = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    colour[..., 0] = 255
+    assert (to_rgb(colour, "replicate") == colour).all()
+    grey = to_rgb(colour, "grey")
+    assert (grey == 76).all()
