@@ -1,0 +1,195 @@
+"""A labeled benchmark folder (medbench layout: manifest.csv + images) decoded into memory; encoders evaluated on it.
+
+manifest.csv has one row per image: dataset, path (relative to the folder), label, group_id, role (query/gallery),
+and optionally modality. Every image is letterboxed to S x S RGB uint8 so any encoder input size can be served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from m3ret.data.errors import UnreadableInputError
+from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings
+
+REQUIRED_COLUMNS = ("dataset", "path", "label", "group_id", "role")
+# Bump when decoding or letterboxing changes, so stale caches are not reused.
+_CACHE_VERSION = "1"
+
+
+@dataclass
+class BenchmarkFolder:
+    """root: the folder; table: manifest rows of the images kept (columns dataset, path (absolute), label,
+    group_id, role, modality; index 0..N-1 aligned with `images`); images: uint8 [N,S,S,3] letterboxed."""
+
+    root: Path
+    table: pd.DataFrame
+    images: np.ndarray
+
+
+def _letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H,W] or [H,W,C] -> uint8 [S,S,C]: resized keeping aspect so the long side is S, centred, zero-padded.
+
+    PIL's antialiased bilinear filter, the one behind the medbench README thumbnails.
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    h, w, c = image.shape
+    scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_h, new_w) == (h, w):
+        resized = image
+    elif c in (3, 4):
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    else:
+        resized = np.stack(
+            [
+                np.asarray(Image.fromarray(image[:, :, i]).resize((new_w, new_h), Image.Resampling.BILINEAR))
+                for i in range(c)
+            ],
+            axis=-1,
+        )
+    out = np.zeros((size, size, c), dtype=np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resized
+    return out
+
+
+def _decode_rgb(path: str) -> np.ndarray:
+    """One image file -> uint8 [H,W,3]; grey replicated; 16-bit/float images min-max scaled to 0..255."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                values = np.asarray(img, dtype=np.float32)
+                low, high = float(values.min()), float(values.max())
+                grey = np.round((values - low) * (255.0 / max(high - low, 1e-6))).astype(np.uint8)
+                return np.repeat(grey[:, :, None], 3, axis=2)
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableInputError(path, f"{type(err).__name__}: {err}") from err
+
+
+def _read_manifest(root: Path) -> pd.DataFrame:
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise UnreadableInputError(manifest, "no manifest.csv in the benchmark folder")
+    # Everything as text: group ids and labels like "1" or "NA" must stay the strings they are.
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise UnreadableInputError(manifest, f"missing required column(s) {missing}; found {list(table.columns)}")
+    bad_roles = sorted(set(table["role"]) - {"query", "gallery"})
+    if bad_roles:
+        raise UnreadableInputError(manifest, f"column 'role' must be 'query' or 'gallery', found {bad_roles}")
+    if "modality" not in table.columns:
+        table["modality"] = ""
+    table = table[[*REQUIRED_COLUMNS, "modality"]].copy()
+    table["path"] = [str(root / p) for p in table["path"]]
+    return table
+
+
+def _cache_key(root: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    digest.update((root / "manifest.csv").read_bytes())
+    digest.update(f"|size={size}|root={root}|v={_CACHE_VERSION}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_all(paths: list[str], size: int, workers: int, desc: str) -> tuple[np.ndarray, list[str | None]]:
+    """uint8 [N,S,S,3] (rows of failed images left zero) and, per image, None or the failure reason."""
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+
+    def decode_into(i: int) -> str | None:
+        try:
+            images[i] = _letterbox(_decode_rgb(paths[i]), size)
+        except UnreadableInputError as err:
+            return err.reason
+        return None
+
+    # Threads, not processes: PIL releases the GIL while decoding and resizing, and each thread writes straight
+    # into the shared array instead of pickling every image back through a pipe.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        bar = tqdm(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc, unit="img")
+        reasons = list(bar)
+    return images, reasons
+
+
+def load_benchmark_folder(root: Path, size: int, workers: int = 2, cache_dir: Path | None = None) -> BenchmarkFolder:
+    """Read `root`/manifest.csv and decode every image letterboxed to `size` (uint8 [N,size,size,3]).
+
+    Unreadable images are dropped with one warning listing each file and reason. With `cache_dir`, the decoded
+    array is stored as .npy keyed by a hash of (manifest content, root, size); a later load memory-maps it
+    instead of decoding again, so `images` is then a read-only np.memmap (edits to image files after caching
+    are not seen: clear the cache or change the manifest).
+    """
+    root = Path(root).resolve()
+    table = _read_manifest(root)
+    cache_base = None
+    if cache_dir is not None:
+        cache_base = Path(cache_dir) / f"benchmark-{_cache_key(root, size)}"
+        meta_path = cache_base.with_suffix(".json")
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            images = np.load(cache_base.with_suffix(".npy"), mmap_mode="r")
+            _warn_dropped(meta["dropped"], cached=True)
+            return BenchmarkFolder(root, table.iloc[meta["kept"]].reset_index(drop=True), images)
+
+    paths = table["path"].tolist()
+    images, reasons = _decode_all(paths, size, workers, desc=f"decode {root.name}")
+    kept = [i for i, r in enumerate(reasons) if r is None]
+    dropped = [(paths[i], r) for i, r in enumerate(reasons) if r is not None]
+    if dropped:
+        images = images[kept]
+    _warn_dropped(dropped, cached=False)
+    if cache_base is not None:
+        cache_base.parent.mkdir(parents=True, exist_ok=True)
+        # Write to temporary names and rename: a crash mid-write never leaves a cache that looks complete.
+        # The .json is written last and marks the entry as complete.
+        tmp_npy = cache_base.with_name(cache_base.name + f".tmp{os.getpid()}.npy")
+        np.save(tmp_npy, images)
+        os.replace(tmp_npy, cache_base.with_suffix(".npy"))
+        tmp_json = cache_base.with_name(cache_base.name + f".tmp{os.getpid()}.json")
+        tmp_json.write_text(json.dumps({"kept": kept, "dropped": dropped, "size": size}))
+        os.replace(tmp_json, cache_base.with_suffix(".json"))
+    return BenchmarkFolder(root, table.iloc[kept].reset_index(drop=True), images)
+
+
+def _warn_dropped(dropped: list, cached: bool) -> None:
+    if dropped:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in dropped)
+        origin = " (recorded in the cache)" if cached else ""
+        warnings.warn(f"dropped {len(dropped)} unreadable image(s){origin}:\n{listing}", stacklevel=3)
+
+
+def evaluate_encoder(
+    embed_fn: Callable[[np.ndarray], np.ndarray], bench: BenchmarkFolder, batch_size: int = 256
+) -> RetrievalResult:
+    """embed_fn: uint8 [B,S,S,3] -> L2-normalised [B,D]; run over bench.images in batches, then the medbench
+    protocol (`evaluate_embeddings`) with the folder's labels, groups, roles and datasets."""
+    chunks = []
+    for start in range(0, len(bench.images), batch_size):
+        # A copy: cached images are a read-only memmap, and embed_fn may hand the batch to torch or edit it.
+        batch = np.array(bench.images[start : start + batch_size])
+        emb = np.asarray(embed_fn(batch), dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(batch):
+            raise ValueError(f"embed_fn returned shape {emb.shape} for a batch of {len(batch)} images; expected [B,D]")
+        chunks.append(emb)
+    emb = np.concatenate(chunks)
+    # Cosine needs unit vectors; renormalising is a no-op for a conforming embed_fn and guards against drift.
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    t = bench.table
+    return evaluate_embeddings(
+        emb, t["label"].to_numpy(), t["group_id"].to_numpy(), t["role"].to_numpy(), t["dataset"].to_numpy()
+    )
