@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from m3ret.data.errors import UnreadableInputError
+from m3ret.data.resize import letterbox
 from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings
 
 REQUIRED_COLUMNS = ("dataset", "path", "label", "group_id", "role")
@@ -36,34 +37,6 @@ class BenchmarkFolder:
     root: Path
     table: pd.DataFrame
     images: np.ndarray
-
-
-def _letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H,W] or [H,W,C] -> uint8 [S,S,C]: resized keeping aspect so the long side is S, centred, zero-padded.
-
-    PIL's antialiased bilinear filter, the one behind the medbench README thumbnails.
-    """
-    if image.ndim == 2:
-        image = image[:, :, None]
-    h, w, c = image.shape
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    if (new_h, new_w) == (h, w):
-        resized = image
-    elif c in (3, 4):
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-    else:
-        resized = np.stack(
-            [
-                np.asarray(Image.fromarray(image[:, :, i]).resize((new_w, new_h), Image.Resampling.BILINEAR))
-                for i in range(c)
-            ],
-            axis=-1,
-        )
-    out = np.zeros((size, size, c), dtype=np.uint8)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top : top + new_h, left : left + new_w] = resized
-    return out
 
 
 def _decode_rgb(path: str) -> np.ndarray:
@@ -113,7 +86,7 @@ def _decode_all(paths: list[str], size: int, workers: int, desc: str) -> tuple[n
 
     def decode_into(i: int) -> str | None:
         try:
-            images[i] = _letterbox(_decode_rgb(paths[i]), size)
+            images[i] = letterbox(_decode_rgb(paths[i]), size)
         except UnreadableInputError as err:
             return err.reason
         return None

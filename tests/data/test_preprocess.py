@@ -95,6 +95,8 @@ def test_letterbox_keeps_aspect_and_to_rgb() -> None:
     boxed = letterbox(wide, 20)
     assert boxed.shape == (20, 20, 1)
     assert boxed[:, :, 0].max(axis=1).tolist().count(255) == 5
+    tall = letterbox(np.full((8, 4, 3), 200, dtype=np.uint8), 16)
+    assert (tall[:, 4:12] == 200).all() and (tall[:, :4] == 0).all() and (tall[:, 12:] == 0).all()
     colour = np.zeros((1, 2, 2, 3), dtype=np.uint8)
     colour[..., 0] = 255
     assert (to_rgb(colour, "replicate") == colour).all()

@@ -7,7 +7,7 @@ from PIL import Image
 
 from m3ret.data.errors import UnreadableInputError
 from m3ret.eval.baselines import raw_pixel_embeddings
-from m3ret.eval.benchmark_folder import _letterbox, evaluate_encoder, load_benchmark_folder
+from m3ret.eval.benchmark_folder import evaluate_encoder, load_benchmark_folder
 
 MEDBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "medbench"
 # README raw-pixel floor: dataset -> (P@1, mAP@10, R@10)
@@ -39,19 +39,6 @@ def _write_folder(root: Path) -> None:
     pd.DataFrame(rows, columns=["dataset", "path", "label", "group_id", "role", "modality"]).to_csv(
         root / "manifest.csv", index=False
     )
-
-
-def test_letterbox_keeps_aspect_and_pads_with_zeros():
-    tall = np.full((8, 4, 3), 200, dtype=np.uint8)
-    out = _letterbox(tall, 16)
-    assert out.shape == (16, 16, 3)
-    assert (out[:, 4:12] == 200).all()
-    assert (out[:, :4] == 0).all() and (out[:, 12:] == 0).all()
-
-    grey = np.full((3, 6), 7, dtype=np.uint8)
-    out = _letterbox(grey, 6)
-    assert out.shape == (6, 6, 1)
-    assert (out[1:4, :, 0] == 7).all() and out[0].sum() == 0 and out[4:].sum() == 0
 
 
 def test_load_drops_corrupt_image_and_reuses_cache(tmp_path):
