@@ -11,7 +11,8 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: env repro test lint format lock clean-env
 
-$(VENV)/.complete: requirements.lock
+# no prerequisites: the path already names the lock file's hash, and a fresh clone's new mtimes must not force a rebuild
+$(VENV)/.complete:
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

@@ -211,6 +211,11 @@ class PretrainConfig:
     log_every: int = 10
     out: str = "models/pretrain"
     metrics_dir: str = "reports/pretrain"
+    # a labeled manifest folder (e.g. ../shared/data/medbench) evaluated every `eval_every` steps and at the end;
+    # "" to skip. Its query images must never be a pretraining source.
+    eval_bench: str = ""
+    eval_every: int = 0
+    eval_cache: str = "data/cache/bench"
 
 
 # ---------------------------------------------------------------------------------------------- load
