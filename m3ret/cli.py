@@ -74,11 +74,28 @@ def cmd_split(params: Params, args: argparse.Namespace) -> None:
     print(f"split: {summary['items']} items, groups {summary['groups']}")
 
 
+def cmd_pretrain(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.train.pretrain_loop import pretrain
+
+    cfg = params.pretrain
+    evaluate = None
+    if cfg.eval_bench:
+        from m3ret.eval.benchmark_folder import benchmark_evaluator, load_benchmark_folder
+
+        bench = load_benchmark_folder(Path(cfg.eval_bench), params.preprocess.size, cache_dir=Path(cfg.eval_cache))
+        evaluate = benchmark_evaluator(bench)
+    metrics = pretrain(
+        cfg, Path(params.preprocess.out), Path(params.split.out), evaluate, cfg.eval_every, max_steps=args.max_steps
+    )
+    print("pretrain: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k))
+
+
 COMMANDS = {
     "demo-data": (cmd_demo_data, "build the demo corpus from files that ship with installed packages"),
     "ingest": (cmd_ingest, "scan sources into data/manifest.parquet; quarantine bad files"),
     "preprocess": (cmd_preprocess, "decode items into sharded model-ready frames"),
     "split": (cmd_split, "group-disjoint pretrain/gallery/query splits"),
+    "pretrain": (cmd_pretrain, "self-supervised pretraining (MAE or SimDINO); resumes from the last checkpoint"),
 }
 
 
@@ -86,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3ret", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_fn, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+    commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
+    commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     return parser
 
 

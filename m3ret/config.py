@@ -166,7 +166,7 @@ class SimDINOConfig:
     local_size: int = 32
     head_hidden_dim: int = 512
     head_out_dim: int = 128
-    eps: float = 0.2
+    eps: float = 0.5
     coding_weight: float = 1.0
     ema_start: float = 0.99
     ema_end: float = 1.0

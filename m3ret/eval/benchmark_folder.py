@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from m3ret.data.errors import UnreadableInputError
@@ -166,3 +167,20 @@ def evaluate_encoder(
     return evaluate_embeddings(
         emb, t["label"].to_numpy(), t["group_id"].to_numpy(), t["role"].to_numpy(), t["dataset"].to_numpy()
     )
+
+
+def flat_metrics(result: RetrievalResult) -> dict[str, float]:
+    """Mean metrics under their own names plus `<dataset>/<metric>` entries, for metric loggers."""
+    flat = {name: float(value) for name, value in result.mean.items()}
+    for dataset, metrics in result.per_dataset.items():
+        flat.update({f"{dataset}/{name}": float(v) for name, v in metrics.items() if not name.startswith("n_")})
+    return flat
+
+
+def benchmark_evaluator(bench: BenchmarkFolder, batch_size: int = 256) -> Callable[[nn.Module], dict[str, float]]:
+    """A callback for the pretraining loop: encoder (with `.embed`) -> flat retrieval metrics on `bench`."""
+
+    def evaluate(encoder: nn.Module) -> dict[str, float]:
+        return flat_metrics(evaluate_encoder(lambda batch: encoder.embed(batch).numpy(), bench, batch_size))
+
+    return evaluate

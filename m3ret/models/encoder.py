@@ -1,0 +1,111 @@
+"""The retrieval encoder: a timm ViT backbone plus pooling, and batched embedding of stored frames.
+
+One encoder serves every modality (M3Ret, Liu et al. 2025): grey images are stored with the grey level replicated
+into 3 channels, so nothing here depends on the modality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m3ret.config import ModelConfig
+
+# Per-channel statistics that map [0, 1] pixels to roughly zero mean, unit scale. There are no pretrained weights to
+# match (everything is trained from scratch), so a modality-neutral constant beats ImageNet's colour statistics.
+PIXEL_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+PIXEL_STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+
+class Encoder(nn.Module):
+    """A timm ViT (`cfg.name` built at `cfg.img_size` / `cfg.patch_size`, no classifier head) with `cls` or `mean`
+    pooling.
+
+    `dynamic_img_size=True` lets the same backbone run on smaller crops (SimDINO's local views): timm resamples the
+    position embedding to the input's patch grid.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.img_size % cfg.patch_size:
+            raise ValueError(f"model.img_size={cfg.img_size} is not a multiple of model.patch_size={cfg.patch_size}")
+        self.cfg = cfg
+        # global_pool="" and fc_norm=False keep `vit.norm` as the final norm for every timm ViT variant (timm moves
+        # the norm to `fc_norm` for avg-pooled models), and build no attention-pool parameters that would go unused:
+        # pooling is done here, on the normed tokens.
+        self.vit: nn.Module = timm.create_model(
+            cfg.name,
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            fc_norm=False,
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            drop_path_rate=cfg.drop_path_rate,
+            dynamic_img_size=True,
+        )
+        self.embed_dim: int = int(self.vit.embed_dim)
+        self.num_prefix_tokens: int = int(self.vit.num_prefix_tokens)
+        if cfg.pooling == "cls" and not self.vit.has_class_token:
+            raise ValueError(f"model.pooling='cls' but {cfg.name} has no class token; use pooling='mean'")
+        # Non-persistent: constants of the code, not state; they still follow `.to(device)`.
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward_tokens(self, x: Tensor) -> Tensor:
+        """Normalised images [B, 3, H, W] (H, W multiples of the patch size) -> tokens [B, P + N, D] after the final
+        norm, P = `num_prefix_tokens` (class and register tokens) first, then N patch tokens in row-major order."""
+        return self.vit.forward_features(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Tokens [B, P + N, D] -> [B, D]: the class token, or the mean of the patch tokens."""
+        if self.cfg.pooling == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalised images [B, 3, H, W] -> pooled features [B, D] (not L2-normalised)."""
+        return self.pool(self.forward_tokens(x))
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """uint8 [B, 3, H, W] in [0, 255] or float [B, 3, H, W] in [0, 1] -> float (x - PIXEL_MEAN) / PIXEL_STD."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - self.pixel_mean) / self.pixel_std
+
+    @torch.inference_mode()
+    def embed(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
+        """Stored frames uint8 [N, H, W, 3] (channels last, as in the shards) -> L2-normalised float32 [N, D] on CPU.
+
+        Frames are resized (bilinear, antialiased) to `img_size` when needed. Runs in eval mode (no stochastic
+        depth), in batches of `batch_size`, under bf16 autocast on CUDA; the training flag is restored afterwards.
+        """
+        frames = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"embed expects uint8 frames [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        device = self.pixel_mean.device
+        size = self.cfg.img_size
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for start in range(0, len(frames), batch_size):
+                x = frames[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2)
+                x = x.float() / 255.0
+                if x.shape[-2:] != (size, size):
+                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    feats = self(self.normalise(x.clamp(0.0, 1.0)))
+                out.append(F.normalize(feats.float(), dim=-1).cpu())
+        finally:
+            self.train(was_training)
+        if not out:
+            return torch.zeros(0, self.embed_dim)
+        return torch.cat(out)
+
+
+def build_encoder(cfg: ModelConfig) -> Encoder:
+    """The encoder described by the `pretrain.model` section."""
+    return Encoder(cfg)

@@ -1,0 +1,1 @@
+"""Pretraining: the loop, its learning-rate schedule, checkpoints, and torchrun process setup."""

@@ -1,0 +1,84 @@
+"""Rank-0 reporting for the pretrain loop: a progress log line and dvclive metrics.
+
+Training metrics are logged under `train/` (loss, each objective log, lr, grad_norm, images_seen) and evaluation
+metrics under `eval/` (whatever `evaluate` returns, e.g. `mAP@10`, plus images_seen). Each group carries its own
+`images_seen` series, row-aligned with its other series, so `dvc plots` can draw any of them against images seen:
+`x: {<metrics_dir>/plots/metrics/eval/images_seen.tsv: images_seen}`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import logging
+import time
+from pathlib import Path
+
+from dvclive import Live
+
+log = logging.getLogger(__name__)
+
+
+class ProgressReporter:
+    """Logs `step/total, loss, lr, images/s, ETA (to stop_step)` and writes dvclive metrics at dvclive step = optimiser
+    step.
+
+    `start_step` > 0 means a resumed run: rows a crashed run logged after its last checkpoint are dropped first, so
+    each series stays one row per step.
+    """
+
+    def __init__(self, metrics_dir: Path, start_step: int, stop_step: int, total_steps: int, images_seen: int) -> None:
+        metrics_dir = Path(metrics_dir)
+        resume = start_step > 0
+        if resume:
+            _drop_rows_after(metrics_dir / "plots" / "metrics", start_step)
+        self.live = Live(str(metrics_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        self.stop_step, self.total_steps = stop_step, total_steps
+        self._mark = (time.perf_counter(), start_step, images_seen)
+
+    def train(self, step: int, images_seen: int, metrics: dict[str, float]) -> None:
+        """Report the training metrics averaged over the steps since the previous report."""
+        now, last_step, last_images = self._mark
+        elapsed = max(time.perf_counter() - now, 1e-9)
+        rate = (images_seen - last_images) / elapsed
+        eta = (self.stop_step - step) * elapsed / max(step - last_step, 1)
+        self._mark = (time.perf_counter(), step, images_seen)
+        log.info(
+            "step %d/%d  loss %.4f  lr %.3g  %.1f img/s  ETA %s",
+            step,
+            self.total_steps,
+            metrics["loss"],
+            metrics["lr"],
+            rate,
+            datetime.timedelta(seconds=round(eta)),
+        )
+        self._log("train", step, {**metrics, "images_seen": images_seen})
+
+    def evaluation(self, step: int, images_seen: int, metrics: dict[str, float]) -> None:
+        log.info("step %d/%d  eval %s", step, self.total_steps, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self._log("eval", step, {**metrics, "images_seen": images_seen})
+
+    def close(self) -> None:
+        self.live.end()
+
+    def _log(self, group: str, step: int, metrics: dict[str, float]) -> None:
+        self.live.step = step
+        for name, value in metrics.items():
+            self.live.log_metric(f"{group}/{name}", value)
+        self.live.make_summary()
+
+
+def _drop_rows_after(plots_dir: Path, step: int) -> None:
+    """Rewrite each dvclive metric series keeping only rows with step <= `step`."""
+    for series in plots_dir.rglob("*.tsv"):
+        with series.open(newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        if not rows:
+            continue
+        kept = [row for row in rows if int(row["step"]) <= step]
+        if len(kept) == len(rows):
+            continue
+        with series.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
