@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ MANIFEST_COLUMNS = (
     "header",
 )
 QUARANTINE_COLUMNS = ("path", "reason", "stage")
+log = logging.getLogger(__name__)
 # bump when the cached facts change shape, so old cache entries are not reused
 _CACHE_VERSION = 1
 
@@ -104,6 +107,18 @@ def _decode(ref: ItemRef, job: _Job) -> list[tuple[str, dict[str, Any]]]:
     return [("", _facts(anonymise(meta, job.salt)))]
 
 
+def _store_in_cache(cache_file: Path, decoded: list) -> None:
+    """Best effort: a cache write that fails costs a decode next time, never the run. Two workers may decode the
+    same content (a duplicated file) at once, so each writes its own temp file before the atomic rename."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(decoded))
+        tmp.replace(cache_file)
+    except OSError as err:
+        log.warning("cannot cache %s: %s", cache_file, err)
+
+
 def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Rows for one ItemRef, from the cache when its content was seen before; never raises on bad input."""
     ref = job.ref
@@ -123,10 +138,7 @@ def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Reject]]:
             return [], [(err.path, err.reason)]
         except Exception as err:  # a decoder bug must not end the run: the item is quarantined with the error
             return [], [(ref.paths[0], f"unexpected {type(err).__name__}: {err}")]
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(decoded))
-        tmp.replace(cache_file)
+        _store_in_cache(cache_file, decoded)
     rows = []
     for entry, facts in decoded:
         item_hash = digest if not entry else hashlib.sha256(f"{digest}:{entry}".encode()).hexdigest()

@@ -2,11 +2,14 @@
 
 Items from a benchmark (manifest folder, MedMNIST) keep their role. Other items are assigned per group (patient or
 series) by a keyed hash of the group, so adding data later never moves an existing group to another split.
+A benchmark may put one group in both roles (its evaluation protocol drops the query's own group from the ranking,
+so this inflates nothing); such groups are counted and reported, not refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pandas as pd
 from m3ret.config import SplitConfig
 
 SPLITS = ("pretrain", "gallery", "query")
+log = logging.getLogger(__name__)
 
 
 class SplitLeakageError(AssertionError):
@@ -36,26 +40,37 @@ def _unit_interval(keys: pd.Series, seed: int) -> np.ndarray:
     return np.array([int.from_bytes(d, "big") / 2**64 for d in digests])
 
 
-def assert_group_disjoint(splits: pd.DataFrame) -> None:
-    """Raise SplitLeakageError naming the groups found in more than one split."""
+def groups_in_several_splits(splits: pd.DataFrame) -> pd.Index:
     per_group = splits.groupby("group")["split"].nunique()
-    leaking = per_group[per_group > 1]
+    return per_group.index[per_group > 1]
+
+
+def assert_group_disjoint(splits: pd.DataFrame) -> None:
+    """Raise SplitLeakageError naming the m3ret-assigned groups found in more than one split."""
+    leaking = groups_in_several_splits(splits[~splits["benchmark_role"]])
     if len(leaking):
-        raise SplitLeakageError(f"{len(leaking)} group(s) cross splits, e.g. {list(leaking.index[:5])}")
+        raise SplitLeakageError(f"{len(leaking)} group(s) cross splits, e.g. {list(leaking[:5])}")
 
 
 def make_splits(manifest: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
-    """[item_id, group, split] for every manifest item; asserts group-disjointness before returning."""
+    """[item_id, group, split, benchmark_role] for every manifest item; asserts that no group m3ret assigned
+    crosses splits before returning."""
     groups = group_keys(manifest, cfg.group_by)
     u = pd.Series(_unit_interval(groups, cfg.seed), index=manifest.index)
     by_hash = np.where(
         u < cfg.query_frac, "query", np.where(u < cfg.query_frac + cfg.gallery_frac, "gallery", "pretrain")
     )
-    split = manifest["role"].where(
-        manifest["role"].isin(["query", "gallery"]), pd.Series(by_hash, index=manifest.index)
+    benchmark_role = manifest["role"].isin(["query", "gallery"])
+    split = manifest["role"].where(benchmark_role, pd.Series(by_hash, index=manifest.index))
+    splits = pd.DataFrame(
+        {"item_id": manifest["item_id"], "group": groups, "split": split, "benchmark_role": benchmark_role}
     )
-    splits = pd.DataFrame({"item_id": manifest["item_id"], "group": groups, "split": split})
     assert_group_disjoint(splits)
+    crossing = groups_in_several_splits(splits[splits["benchmark_role"]])
+    if len(crossing):
+        log.warning(
+            "%d benchmark group(s) hold both query and gallery items (kept as the benchmark says)", len(crossing)
+        )
     return splits
 
 
@@ -70,6 +85,7 @@ def split_summary(splits: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, Any
     return {
         "items": {s: int((splits.split == s).sum()) for s in SPLITS},
         "groups": {s: int(splits.loc[splits.split == s, "group"].nunique()) for s in SPLITS},
+        "benchmark_groups_in_both_roles": len(groups_in_several_splits(splits[splits["benchmark_role"]])),
         "by_modality": {
             s: {str(m): int(n) for m, n in joined[joined.split == s]["modality"].value_counts().sort_index().items()}
             for s in SPLITS

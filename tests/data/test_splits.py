@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from m3ret.config import SplitConfig
-from m3ret.data.splits import SplitLeakageError, make_splits
+from m3ret.data.splits import SplitLeakageError, assert_group_disjoint, make_splits, split_summary
 
 
 def _manifest(n_patients: int = 200, per_patient: int = 3) -> pd.DataFrame:
@@ -63,8 +63,17 @@ def test_adding_data_keeps_existing_assignments() -> None:
     assert len(merged) == len(small) and (merged.split_small == merged.split_large).all()
 
 
-def test_a_benchmark_group_in_query_and_gallery_is_refused() -> None:
+def test_a_benchmark_group_in_both_roles_is_kept_and_reported() -> None:
     manifest = _manifest()
     manifest.loc[manifest.item_id == "bench-6", "group_hash"] = "g0"  # g0 is a query group
+    splits = make_splits(manifest, SplitConfig())
+    assert splits.set_index("item_id").loc["bench-6", "split"] == "gallery"
+    assert split_summary(splits, manifest)["benchmark_groups_in_both_roles"] == 1
+
+
+def test_an_assigned_group_crossing_splits_is_refused() -> None:
+    splits = make_splits(_manifest(), SplitConfig())
+    moved = splits.index[(~splits.benchmark_role) & (splits.split == "pretrain")][0]
+    splits.loc[moved, "group"] = splits.loc[splits.split == "gallery", "group"].iloc[0]
     with pytest.raises(SplitLeakageError, match="cross splits"):
-        make_splits(manifest, SplitConfig())
+        assert_group_disjoint(splits)
