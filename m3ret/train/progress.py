@@ -1,4 +1,8 @@
-"""Rank-0 reporting for the pretrain loop: a progress log line and dvclive metrics.
+"""Rank-0 reporting for the pretrain loop: a progress log line, and metric files in the layout dvc reads
+(`metrics.json` summary, `plots/metrics/<group>/<name>.tsv` series; the layout dvclive uses).
+
+The files are written directly rather than through dvclive, which looks for (and inside a plain git repo creates)
+a DVC repository and fails in a git repo without commits: training must not depend on where it is started.
 
 Training metrics are logged under `train/` (loss, each objective log, lr, grad_norm, images_seen) and evaluation
 metrics under `eval/` (whatever `evaluate` returns, e.g. `mAP@10`, plus images_seen). Each group carries its own
@@ -10,29 +14,32 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import logging
+import os
 import time
 from pathlib import Path
-
-from dvclive import Live
 
 log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
-    """Logs `step/total, loss, lr, images/s, ETA (to stop_step)` and writes dvclive metrics at dvclive step = optimiser
-    step.
+    """Logs `step/total, loss, lr, images/s, ETA (to stop_step)` and appends metric rows keyed by optimiser step.
 
     `start_step` > 0 means a resumed run: rows a crashed run logged after its last checkpoint are dropped first, so
     each series stays one row per step.
     """
 
     def __init__(self, metrics_dir: Path, start_step: int, stop_step: int, total_steps: int, images_seen: int) -> None:
-        metrics_dir = Path(metrics_dir)
-        resume = start_step > 0
-        if resume:
-            _drop_rows_after(metrics_dir / "plots" / "metrics", start_step)
-        self.live = Live(str(metrics_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        self.dir = Path(metrics_dir)
+        plots = self.dir / "plots" / "metrics"
+        if start_step > 0:
+            _drop_rows_after(plots, start_step)
+        else:
+            for stale in plots.rglob("*.tsv"):
+                stale.unlink()
+        summary = self.dir / "metrics.json"
+        self.summary: dict = json.loads(summary.read_text()) if start_step > 0 and summary.exists() else {}
         self.stop_step, self.total_steps = stop_step, total_steps
         self._mark = (time.perf_counter(), start_step, images_seen)
 
@@ -59,17 +66,25 @@ class ProgressReporter:
         self._log("eval", step, {**metrics, "images_seen": images_seen})
 
     def close(self) -> None:
-        self.live.end()
+        """Nothing is buffered: every report is on disk when it returns."""
 
     def _log(self, group: str, step: int, metrics: dict[str, float]) -> None:
-        self.live.step = step
         for name, value in metrics.items():
-            self.live.log_metric(f"{group}/{name}", value)
-        self.live.make_summary()
+            series = self.dir / "plots" / "metrics" / group / f"{name}.tsv"
+            series.parent.mkdir(parents=True, exist_ok=True)
+            new = not series.exists()
+            with series.open("a", newline="") as f:
+                f.write(f"step\t{name}\n" if new else "")
+                f.write(f"{step}\t{float(value)!r}\n")
+        self.summary.setdefault(group, {}).update({k: float(v) for k, v in metrics.items()})
+        self.summary["step"] = step
+        tmp = self.dir / f"metrics.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.dir / "metrics.json")
 
 
 def _drop_rows_after(plots_dir: Path, step: int) -> None:
-    """Rewrite each dvclive metric series keeping only rows with step <= `step`."""
+    """Rewrite each metric series keeping only rows with step <= `step`."""
     for series in plots_dir.rglob("*.tsv"):
         with series.open(newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))

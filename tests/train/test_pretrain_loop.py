@@ -68,7 +68,7 @@ def one_thread():
 
 @pytest.fixture
 def data(tmp_path, monkeypatch):
-    # dvclive looks for a DVC repo from the working directory (and creates one inside a git repo): keep it in tmp
+    # the run writes relative paths (metrics, checkpoints) only under tmp_path
     monkeypatch.chdir(tmp_path)
     return make_data(tmp_path)
 
