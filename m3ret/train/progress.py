@@ -4,10 +4,9 @@
 The files are written directly rather than through dvclive, which looks for (and inside a plain git repo creates)
 a DVC repository and fails in a git repo without commits: training must not depend on where it is started.
 
-Training metrics are logged under `train/` (loss, each objective log, lr, grad_norm, images_seen) and evaluation
-metrics under `eval/` (whatever `evaluate` returns, e.g. `mAP@10`, plus images_seen). Each group carries its own
-`images_seen` series, row-aligned with its other series, so `dvc plots` can draw any of them against images seen:
-`x: {<metrics_dir>/plots/metrics/eval/images_seen.tsv: images_seen}`.
+Training metrics are logged under `train/` (loss, each objective log, lr, grad_norm) and evaluation metrics under
+`eval/` (whatever `evaluate` returns, e.g. `mAP@10`). Every series file has the columns step, images_seen, <name>,
+so `dvc plots` draws any of them against images seen (`x: images_seen`); the summary holds the latest values.
 """
 
 from __future__ import annotations
@@ -59,25 +58,25 @@ class ProgressReporter:
             rate,
             datetime.timedelta(seconds=round(eta)),
         )
-        self._log("train", step, {**metrics, "images_seen": images_seen})
+        self._log("train", step, images_seen, metrics)
 
     def evaluation(self, step: int, images_seen: int, metrics: dict[str, float]) -> None:
         log.info("step %d/%d  eval %s", step, self.total_steps, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        self._log("eval", step, {**metrics, "images_seen": images_seen})
+        self._log("eval", step, images_seen, metrics)
 
     def close(self) -> None:
         """Nothing is buffered: every report is on disk when it returns."""
 
-    def _log(self, group: str, step: int, metrics: dict[str, float]) -> None:
+    def _log(self, group: str, step: int, images_seen: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             series = self.dir / "plots" / "metrics" / group / f"{name}.tsv"
             series.parent.mkdir(parents=True, exist_ok=True)
             new = not series.exists()
             with series.open("a", newline="") as f:
-                f.write(f"step\t{name}\n" if new else "")
-                f.write(f"{step}\t{float(value)!r}\n")
+                f.write(f"step\timages_seen\t{name.rsplit('/', 1)[-1]}\n" if new else "")
+                f.write(f"{step}\t{images_seen}\t{float(value)!r}\n")
         self.summary.setdefault(group, {}).update({k: float(v) for k, v in metrics.items()})
-        self.summary["step"] = step
+        self.summary.update(step=step, images_seen=images_seen)
         tmp = self.dir / f"metrics.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.dir / "metrics.json")
