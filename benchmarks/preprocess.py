@@ -34,13 +34,14 @@ from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import decord  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import PIL  # noqa: E402
 import pydicom  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from m3ret.data.video_reader import decord  # noqa: E402  (loaded after torch)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
 from dicom_factory import write_ct_series, write_dicom  # noqa: E402

@@ -13,8 +13,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import decord
 import numpy as np
+import torch  # noqa: F401  (load order, see below)
+
+# isort: split
+# decord2 dlopens every CUDA library of the nvidia-* wheels with RTLD_GLOBAL, libnvblas included. Loaded before torch,
+# that nvblas takes over torch's BLAS calls and crashes them on a machine without a GPU; after torch it is inert.
+import decord
 
 from m3ret.config import ReadConfig, VideoSamplingConfig
 from m3ret.data.errors import InputTooLargeError, UnreadableInputError

@@ -7,7 +7,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-import decord
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -17,6 +16,7 @@ from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
 
 from m3ret.config import ConfigError, DemoDataConfig
 from m3ret.data.demo_corpus import VIDEO_SIZE, build_demo_corpus
+from m3ret.data.video_reader import decord  # loaded after torch, see there
 
 # Not the defaults, so the test sees that the config is respected.
 N_VIDEOS, VIDEO_FRAMES, SEED = 2, 10, 3
