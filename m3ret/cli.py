@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from m3ret.config import ConfigError, Params, load_params
+from m3ret.config import ConfigError, Params, load_params, profile_names
 
 SALT_ENV = "M3RET_ID_SALT"
 
@@ -90,12 +90,19 @@ def cmd_pretrain(params: Params, args: argparse.Namespace) -> None:
     print("pretrain: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k))
 
 
+def cmd_profile(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.config import profile_overrides
+
+    print(" ".join(f"-S {override}" for override in profile_overrides(args.name)))
+
+
 COMMANDS = {
     "demo-data": (cmd_demo_data, "build the demo corpus from files that ship with installed packages"),
     "ingest": (cmd_ingest, "scan sources into data/manifest.parquet; quarantine bad files"),
     "preprocess": (cmd_preprocess, "decode items into sharded model-ready frames"),
     "split": (cmd_split, "group-disjoint pretrain/gallery/query splits"),
     "pretrain": (cmd_pretrain, "self-supervised pretraining (MAE or SimDINO); resumes from the last checkpoint"),
+    "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 
 
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
     commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    commands["profile"].add_argument("name", help=f"one of: {', '.join(profile_names())}")
     return parser
 
 

@@ -309,3 +309,35 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown} in {path}; valid: {sorted(SECTIONS)}")
     return Params(**{name: from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()})
+
+
+# ------------------------------------------------------------------------------------------- profiles
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_overrides(name: str) -> list[str]:
+    """A named profile (m3ret/profiles/NAME.yaml, a partial params file) as `section.key=value` overrides for
+    `dvc exp run -S`. Every key is checked against its section, so a profile cannot set an unknown key."""
+    if name not in profile_names():
+        raise ConfigError(f"unknown profile {name!r}; valid: {profile_names()}")
+    overlay = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text()) or {}
+    for section, values in overlay.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"profile {name}: unknown section {section!r}; valid: {sorted(SECTIONS)}")
+        from_dict(SECTIONS[section], values, section)
+    overrides: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        else:
+            flow = yaml.safe_dump(node, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+            overrides.append(f"{path}={flow.replace(' ', '')}")
+
+    walk(overlay, "")
+    return overrides
