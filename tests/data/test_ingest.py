@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,3 +112,52 @@ def test_serial_and_parallel_agree(tmp_path: Path, source: Path) -> None:
     parallel, q2 = ingest(_cfg(tmp_path / "p", source, workers=2), ReadConfig(), SALT)
     pd.testing.assert_frame_equal(serial, parallel)
     assert sorted(q1.path) == sorted(q2.path)
+
+
+def test_labeled_sources_carry_labels_roles_and_groups(tmp_path: Path) -> None:
+    """A manifest folder (like medbench) and a MedMNIST npz: labels and roles reach the manifest, groups are hashed."""
+    from PIL import Image
+
+    bench = tmp_path / "bench"
+    (bench / "imgs").mkdir(parents=True)
+    rows = ["dataset,path,label,group_id,role,modality"]
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, size=(20, 20), dtype=np.uint8)).save(bench / "imgs" / f"{i}.png")
+        rows.append(f"toy,imgs/{i}.png,{'ab'[i % 2]},patient-{i // 2},{'query' if i == 0 else 'gallery'},xray")
+    rows.append("toy,imgs/missing.png,a,patient-9,gallery,xray")
+    (bench / "manifest.csv").write_text("\n".join(rows) + "\n")
+    npz = tmp_path / "tinymnist.npz"
+    images = rng.integers(0, 255, size=(3, 28, 28), dtype=np.uint8)
+    labels = np.array([[0], [1], [1]])
+    np.savez(
+        npz,
+        train_images=images[:2],
+        train_labels=labels[:2],
+        val_images=images[:0],
+        val_labels=labels[:0],
+        test_images=images[2:],
+        test_labels=labels[2:],
+    )
+    cfg = IngestConfig(
+        sources=(SourceConfig(path=str(bench)), SourceConfig(path=str(npz), dataset="tiny", modality="ultrasound")),
+        out=str(tmp_path / "m.parquet"),
+        quarantine=str(tmp_path / "q.csv"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    manifest, quarantine = ingest(cfg, ReadConfig(), SALT)
+    toy = manifest[manifest.dataset == "toy"].sort_values("path")
+    assert toy.label.tolist() == ["a", "b", "a", "b"] and toy.role.tolist() == [
+        "query",
+        "gallery",
+        "gallery",
+        "gallery",
+    ]
+    assert (
+        set(toy.modality) == {"xray"} and toy.group_hash.nunique() == 2 and "patient-0" not in toy.group_hash.tolist()
+    )
+    assert quarantine.path.str.endswith("missing.png").sum() == 1
+    tiny = manifest[manifest.dataset == "tiny"].sort_values("entry")
+    assert tiny.entry.tolist() == ["test:0", "train:0", "train:1"]
+    assert tiny.role.tolist() == ["query", "gallery", "gallery"] and tiny.label.tolist() == ["1", "0", "1"]
+    assert set(tiny.modality) == {"ultrasound"} and tiny.item_id.is_unique
