@@ -7,10 +7,11 @@ steps. The objective is `build_objective(cfg)` and the optimiser `build_optimize
 sections (mae, simdino, augment, optim) and the model swapped in.
 
 FLOPs of one step (forward + backward) are counted with `torch.utils.flop_counter.FlopCounterMode`; achieved FLOP/s
-= flops_per_step * steps / seconds. Since these machines are noisy, speed is reported as ratios against two baselines
-measured in this process: the machine's dense matmul FLOP/s (best of several `torch.mm`, fp32 on CPU, bf16 on CUDA as
-the training computes in) and forward-only inference of the same encoder (`torch.inference_mode`). On CUDA it also
-reports MFU against the GPU's dense bf16 peak and the peak memory allocated.
+= flops_per_step / seconds of the fastest timed step (a shared machine slows the others down). Since these machines
+are noisy, speed is also reported as ratios against two baselines measured in this process: the machine's dense matmul
+FLOP/s (best of several `torch.mm`, fp32 on CPU, bf16 on CUDA as the training computes in) and forward-only inference
+of the same encoder (`torch.inference_mode`). On CUDA it also reports MFU against the GPU's dense bf16 peak and the
+peak memory allocated.
 
 Profiles: `cpu` is params.yaml's CPU demo (64 px, patch 8); `gpu` (default on CUDA, or `--gpu-profile`) is 224 px,
 patch 16, with SimDINO's local crops at DINO's 96 px.
@@ -72,18 +73,18 @@ class Row:
     img_size: int
     patch_size: int
     batch: int
-    steps: int
-    seconds: float
+    steps: int  # timed steps
+    seconds: float  # of the fastest timed step
     flops_per_step: float
     peak_mem: float | None  # bytes, CUDA only
 
     @property
     def images_per_s(self) -> float:
-        return self.batch * self.steps / self.seconds
+        return self.batch / self.seconds
 
     @property
     def flops_per_s(self) -> float:
-        return self.flops_per_step * self.steps / self.seconds
+        return self.flops_per_step / self.seconds
 
 
 # ------------------------------------------------------------------------------------------------ counting
@@ -121,14 +122,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
-    """Wall seconds of `steps` calls of `fn`, waiting for the device at both ends."""
+def timed(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Wall seconds of `calls` calls of `fn`, waiting for the device at both ends."""
     _sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         fn()
     _sync(device)
     return time.perf_counter() - start
+
+
+def fastest(fn: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Seconds of the fastest of `steps` timed calls of `fn`: on a shared machine the others were slowed down by it."""
+    return min(timed(fn, 1, device) for _ in range(steps))
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5, rounds: int = 5) -> float:
@@ -180,14 +186,13 @@ def bench_train(cfg: PretrainConfig, batch: int, warmup: int, steps: int, device
 
     flops = count_flops(step)  # also the first warm-up step
     timed(step, warmup, device)
-    seconds = timed(step, steps, device)
+    seconds = fastest(step, steps, device)
     m = cfg.model
-    row = Row(cfg.objective, m.name, m.img_size, m.patch_size, batch, steps, seconds, flops, _peak_mem(device))
-    return row
+    return Row(cfg.objective, m.name, m.img_size, m.patch_size, batch, steps, seconds, flops, _peak_mem(device))
 
 
 def bench_inference(cfg: PretrainConfig, batch: int, warmup: int, steps: int, device: torch.device) -> Row:
-    """Time `steps` forward-only passes of the bare encoder (`Encoder.forward`, pooled features) on a batch."""
+    """Time 3 x `steps` forward-only passes of the bare encoder (`Encoder.forward`, pooled features) on a batch."""
     _reset_mem(device)
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.model).to(device).eval()
@@ -201,10 +206,11 @@ def bench_inference(cfg: PretrainConfig, batch: int, warmup: int, steps: int, de
 
     flops = count_flops(forward)
     timed(forward, warmup, device)
-    seconds = timed(forward, steps, device)
+    # a forward costs about a third of a training step: three times the tries for the same time, a steadier reference
+    steps *= 3
+    seconds = fastest(forward, steps, device)
     m = cfg.model
-    row = Row("inference", m.name, m.img_size, m.patch_size, batch, steps, seconds, flops, _peak_mem(device))
-    return row
+    return Row("inference", m.name, m.img_size, m.patch_size, batch, steps, seconds, flops, _peak_mem(device))
 
 
 def config_for(base: PretrainConfig, objective: str, model: str, profile: Profile) -> PretrainConfig:
@@ -265,7 +271,8 @@ def table(rows: list[Row], matmul: float, device: torch.device) -> str:
 
 
 NOTES = """\
-- img/s counts source images (batch elements), not views: a SimDINO image is 2 global + n_local local views.
+- img/s and GFLOP/s are of the fastest of `steps` timed steps; img/s counts source images (batch elements), not views:
+  a SimDINO image is 2 global + n_local local views.
 - GFLOP/img: matmul, convolution and attention FLOPs (multiply-add = 2) of one step per image, counted by
   FlopCounterMode; training rows count forward + backward (the AdamW update and augmentation are not matmuls).
 - x matmul: achieved FLOP/s / the in-process dense matmul FLOP/s above (the practical ceiling of this machine now).

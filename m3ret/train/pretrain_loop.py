@@ -116,7 +116,8 @@ def build_optimizer(objective: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    # fused: one kernel for all tensors; the per-tensor loop dominated small CPU steps (benchmarks/pretrain.py)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
 def pretrain(
