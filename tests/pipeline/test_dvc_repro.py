@@ -68,3 +68,17 @@ def test_changing_one_param_reruns_only_dependent_stages(repo: Path) -> None:
         assert f"Running stage '{stage}'" not in out
     assert FrameStore(repo / "data/frames").size == 24
     assert "up to date" in _run(["dvc", "status", "preprocess", "split"], repo).lower()
+
+
+def test_outputs_round_trip_through_the_remote(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    _run(["dvc", "remote", "add", "-f", "-d", "store", str(remote)], repo)
+    _run(["dvc", "push", "preprocess", "split"], repo)
+    assert any(remote.rglob("*"))
+    before = pd.read_parquet(repo / "data/splits.parquet")
+    shutil.rmtree(repo / "data/frames")
+    (repo / "data/splits.parquet").unlink()
+    shutil.rmtree(repo / ".dvc/cache")
+    _run(["dvc", "pull", "preprocess", "split"], repo)
+    pd.testing.assert_frame_equal(pd.read_parquet(repo / "data/splits.parquet"), before)
+    assert len(FrameStore(repo / "data/frames")) > 0
