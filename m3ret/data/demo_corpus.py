@@ -87,11 +87,6 @@ DICOM_PICKS: tuple[_Pick, ...] = (
 BROKEN_PICKS: tuple[_Pick, ...] = (
     _Pick("MR_truncated.dcm", "broken/mr_truncated_pixel_data.dcm", "Pixel Data shorter than Rows x Columns"),
     _Pick(
-        "emri_small_jpeg_2k_lossless_too_short.dcm",
-        "broken/mr_truncated_file.dcm",
-        "file cut off before its Pixel Data element",
-    ),
-    _Pick(
         "JPEG2000-embedded-sequence-delimiter.dcm",
         "broken/nm_corrupt_jpeg2000_codestream.dcm",
         "corrupt codestream that declares a multi-terapixel image (decompression bomb)",

@@ -14,8 +14,10 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
 
-from m3ret.config import ConfigError, DemoDataConfig
+from m3ret.config import ConfigError, DemoDataConfig, ReadConfig
 from m3ret.data.demo_corpus import VIDEO_SIZE, build_demo_corpus
+from m3ret.data.dicom_reader import read_dicom
+from m3ret.data.errors import InputError
 from m3ret.data.video_reader import decord  # loaded after torch, see there
 
 # Not the defaults, so the test sees that the config is respected.
@@ -81,6 +83,9 @@ def test_broken_dicom_files_do_not_decode(corpus: tuple[Path, dict[str, int]]) -
     for path in broken:
         with pytest.raises(Exception):  # noqa: B017  (each file fails its own way: that is the point)
             _decode_dicom(path)
+        # and m3ret's reader turns each failure into a quarantinable input error with a reason
+        with pytest.raises(InputError):
+            read_dicom([path], ReadConfig())
 
 
 def test_nifti_files_are_real_volumes(corpus: tuple[Path, dict[str, int]]) -> None:
