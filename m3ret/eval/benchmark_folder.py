@@ -17,17 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from m3ret.data.errors import UnreadableInputError
+from m3ret.config import ReadConfig
+from m3ret.data.errors import InputError, UnreadableInputError
+from m3ret.data.image_reader import read_image
+from m3ret.data.preprocess import to_rgb
 from m3ret.data.resize import letterbox
 from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings
 
 REQUIRED_COLUMNS = ("dataset", "path", "label", "group_id", "role")
 # Bump when decoding or letterboxing changes, so stale caches are not reused.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
+_READ = ReadConfig()
 
 
 @dataclass
@@ -38,21 +41,6 @@ class BenchmarkFolder:
     root: Path
     table: pd.DataFrame
     images: np.ndarray
-
-
-def _decode_rgb(path: str) -> np.ndarray:
-    """One image file -> uint8 [H,W,3]; grey replicated; 16-bit/float images min-max scaled to 0..255."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                values = np.asarray(img, dtype=np.float32)
-                low, high = float(values.min()), float(values.max())
-                grey = np.round((values - low) * (255.0 / max(high - low, 1e-6))).astype(np.uint8)
-                return np.repeat(grey[:, :, None], 3, axis=2)
-            return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UnreadableInputError(path, f"{type(err).__name__}: {err}") from err
 
 
 def _read_manifest(root: Path) -> pd.DataFrame:
@@ -87,8 +75,10 @@ def _decode_all(paths: list[str], size: int, workers: int, desc: str) -> tuple[n
 
     def decode_into(i: int) -> str | None:
         try:
-            images[i] = letterbox(_decode_rgb(paths[i]), size)
-        except UnreadableInputError as err:
+            # the pipeline's own reader and frame preparation, so benchmark images look like the training frames
+            frames, _meta = read_image(Path(paths[i]), _READ)
+            images[i] = to_rgb(letterbox(frames[0], size)[None], "replicate")[0]
+        except InputError as err:
             return err.reason
         return None
 
