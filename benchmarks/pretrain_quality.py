@@ -16,19 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m3ret.config import ModelConfig, from_dict
 from m3ret.eval.baselines import raw_pixel_embeddings_from_files
 from m3ret.eval.benchmark_folder import evaluate_encoder, load_benchmark_folder
 from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings, format_table
-from m3ret.models.encoder import build_encoder
-
-
-def load_encoder(path: Path) -> tuple[torch.nn.Module, ModelConfig]:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = from_dict(ModelConfig, saved["model"], "model")
-    encoder = build_encoder(cfg)
-    encoder.load_state_dict(saved["state_dict"])
-    return encoder.eval(), cfg
+from m3ret.models.encoder import build_encoder, load_encoder
 
 
 def main() -> None:
@@ -56,7 +47,8 @@ def main() -> None:
     random_done: set[str] = set()
     for spec in args.encoder:
         name, path = spec.split("=", 1)
-        encoder, cfg = load_encoder(Path(path))
+        encoder = load_encoder(Path(path))
+        cfg = encoder.cfg
         arch = f"{cfg.name} {cfg.img_size}px/p{cfg.patch_size} {cfg.pooling}"
         if arch not in random_done:
             torch.manual_seed(0)

@@ -218,6 +218,97 @@ class PretrainConfig:
     eval_cache: str = "data/cache/bench"
 
 
+# ---------------------------------------------------------------------------------------------- embed
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Frame and item embeddings of every stored frame, with the encoder exported by pretraining.
+
+    `encoder`: the `encoder.pt` written by `m3ret pretrain`; `out`: folder of vectors + metadata tables.
+    """
+
+    encoder: str = "models/pretrain/encoder.pt"
+    out: str = "data/embeddings"
+    batch_size: int = 256
+    workers: int = 1  # DataLoader processes reading shards; 0 reads in the main process
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+# ---------------------------------------------------------------------------------------------- index
+@dataclass(frozen=True)
+class IndexConfig:
+    """Milvus: `uri` is a Milvus Lite file (embedded, one process) or `http://host:19530` (server or cluster).
+
+    Each model version gets its own collection `<collection_prefix>_<version>`; searches go through `alias`, which
+    is switched to a new collection only after its evaluation gate passes; `retain` collections are kept.
+    `token` may be left empty and given in the environment (M3RET_MILVUS_TOKEN) instead.
+    """
+
+    uri: str = "data/milvus/m3ret.db"
+    token: str = ""
+    alias: str = "m3ret_current"
+    collection_prefix: str = "m3ret"
+    index_type: Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"] = "HNSW"
+    metric: Literal["IP", "COSINE", "L2"] = "IP"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 128
+    ivf_nlist: int = 128
+    ivf_nprobe: int = 16
+    retain: int = 2
+    insert_batch: int = 2000
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Retrieval quality through the index, on the pipeline's own query/gallery splits and on `bench` folders.
+
+    The gate: the candidate's mean mAP@10 must be >= `gate_min_ratio` x the current model's (recorded in
+    `gate_file`); the first model always passes. `grid_queries` queries per dataset go into the picture.
+    """
+
+    bench: str = ""  # a labeled manifest folder or MedMNIST npz evaluated besides the pipeline's splits
+    k: int = 10
+    label_column: str = "modality"  # what counts as relevant for the pipeline's own splits (benchmarks: label)
+    gate_min_ratio: float = 0.98
+    gate_file: str = "models/index_gate.json"
+    baselines: bool = True
+    grid_queries: int = 3
+    out: str = "reports/evaluate"
+    cache: str = "data/cache/bench"
+
+
+# ---------------------------------------------------------------------------------------------- drift
+@dataclass(frozen=True)
+class DriftConfig:
+    """Evidently embedding drift between `reference` and `current` item embeddings, overall and per modality.
+
+    `method`: `model` (a classifier tells the two apart; drift when its ROC AUC > `threshold`) or `mmd`
+    (maximum mean discrepancy; drift when the MMD test's p-value < `threshold`).
+    """
+
+    method: Literal["model", "mmd"] = "model"
+    threshold: float = 0.55
+    reference_splits: tuple[str, ...] = ("pretrain", "gallery")
+    current_splits: tuple[str, ...] = ("query",)
+    min_rows: int = 10  # a modality with fewer rows on either side is reported as "too few", not tested
+    max_rows: int = 1000  # rows sampled per side (Evidently's report runs a t-SNE whose cost grows with rows)
+    seed: int = 0
+    out: str = "reports/drift"
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@dataclass(frozen=True)
+class ServeConfig:
+    """The retrieval service: upload limits (a request beyond them is refused with 413/400, never decoded)."""
+
+    max_upload_mb: int = 512
+    max_zip_members: int = 4096
+    max_unzipped_mb: int = 2048
+    max_k: int = 100
+    thumbnail_size: int = 128
+
+
 # ---------------------------------------------------------------------------------------------- load
 SECTIONS: dict[str, type] = {
     "read": ReadConfig,
@@ -226,6 +317,11 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "split": SplitConfig,
     "pretrain": PretrainConfig,
+    "embed": EmbedConfig,
+    "index": IndexConfig,
+    "evaluate": EvaluateConfig,
+    "drift": DriftConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -300,6 +396,11 @@ class Params:
     preprocess: PreprocessConfig
     split: SplitConfig
     pretrain: PretrainConfig
+    embed: EmbedConfig
+    index: IndexConfig
+    evaluate: EvaluateConfig
+    drift: DriftConfig
+    serve: ServeConfig
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

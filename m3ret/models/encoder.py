@@ -6,13 +6,15 @@ into 3 channels, so nothing here depends on the modality.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m3ret.config import ModelConfig
+from m3ret.config import ModelConfig, from_dict
 
 # Per-channel statistics that map [0, 1] pixels to roughly zero mean, unit scale. There are no pretrained weights to
 # match (everything is trained from scratch), so a modality-neutral constant beats ImageNet's colour statistics.
@@ -109,3 +111,11 @@ class Encoder(nn.Module):
 def build_encoder(cfg: ModelConfig) -> Encoder:
     """The encoder described by the `pretrain.model` section."""
     return Encoder(cfg)
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> Encoder:
+    """The encoder exported by pretraining (`encoder.pt`: state_dict + its `model` section), in eval mode."""
+    saved = torch.load(Path(path), map_location=map_location, weights_only=False)
+    encoder = build_encoder(from_dict(ModelConfig, saved["model"], "model"))
+    encoder.load_state_dict(saved["state_dict"])
+    return encoder.eval()

@@ -1,0 +1,189 @@
+"""Versioned collections behind one alias: build a model version's collection, publish it, search through it.
+
+`uri` is a Milvus Lite file (the embedded default; one process per file) or a server/cluster URL; the same code
+serves both. A collection is built completely (insert, flush, index, load) before the alias moves to it, and Milvus
+switches an alias atomically, so a reader searching through the alias sees the old collection or the new one, never
+an empty or half-built one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymilvus import MilvusClient
+
+from m3ret.config import IndexConfig
+from m3ret.index.filters import SearchFilter
+from m3ret.index.schema import SCALAR_FIELDS, VECTOR_FIELD, collection_schema, index_params, search_params
+
+log = logging.getLogger(__name__)
+_VERSION = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# Milvus caps one search's limit (topk) at 16384.
+MAX_LIMIT = 16384
+
+
+class IndexNotReadyError(RuntimeError):
+    """Searching before any collection was published under the alias."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the row's id, its similarity (higher is closer for IP/COSINE) and its scalar fields."""
+
+    id: int
+    score: float
+    fields: dict[str, Any]
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+def connect(cfg: IndexConfig, token: str = "") -> MilvusClient:
+    """A client for `cfg.uri`; a Milvus Lite file gets its parent folder created first."""
+    if not is_server_uri(cfg.uri):
+        Path(cfg.uri).parent.mkdir(parents=True, exist_ok=True)
+    return MilvusClient(uri=cfg.uri, token=token or cfg.token)
+
+
+def _batches(table: pd.DataFrame, vectors: np.ndarray, size: int) -> Iterator[list[dict[str, Any]]]:
+    columns = ["id", *SCALAR_FIELDS]
+    missing = sorted(set(columns) - set(table.columns))
+    if missing:
+        raise ValueError(f"index rows lack columns {missing}")
+    if len(table) != len(vectors):
+        raise ValueError(f"{len(table)} rows but {len(vectors)} vectors")
+    records = table[columns].to_dict("records")
+    vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+    for start in range(0, len(records), size):
+        chunk = records[start : start + size]
+        for row, vec in zip(chunk, vecs[start : start + size], strict=True):
+            row[VECTOR_FIELD] = vec
+            row["id"] = int(row["id"])
+            row["frame_index"] = int(row["frame_index"])
+        yield chunk
+
+
+class MilvusIndex:
+    """One model version per collection `<prefix>_<version>`; `cfg.alias` names the published one."""
+
+    def __init__(self, cfg: IndexConfig, token: str = "", client: MilvusClient | None = None) -> None:
+        self.cfg = cfg
+        self.client = client if client is not None else connect(cfg, token)
+
+    # ------------------------------------------------------------------ collections
+    def collection_name(self, version: str) -> str:
+        if not _VERSION.match(version):
+            raise ValueError(f"model version {version!r} must be 1-64 letters, digits or '_'")
+        return f"{self.cfg.collection_prefix}_{version}"
+
+    def collections(self) -> list[str]:
+        """This project's collections (those named with `collection_prefix`), sorted."""
+        prefix = f"{self.cfg.collection_prefix}_"
+        return sorted(name for name in self.client.list_collections() if name.startswith(prefix))
+
+    def current(self) -> str | None:
+        """The collection the alias points at, or None before the first publish."""
+        if self.cfg.alias not in self.client.list_aliases().get("aliases", []):
+            return None
+        return self.client.describe_alias(self.cfg.alias)["collection_name"]
+
+    def count(self, collection: str | None = None) -> int:
+        """Rows in `collection` (default: the published one)."""
+        name = collection or self._published()
+        return int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def ensure_collection(self, version: str, dim: int) -> str:
+        """Create (or reuse) the collection of `version` with a `dim`-dimensional vector field; returns its name."""
+        name = self.collection_name(version)
+        if self.client.has_collection(name):
+            have = next(f for f in self.client.describe_collection(name)["fields"] if f["name"] == VECTOR_FIELD)
+            if int(have["params"]["dim"]) != dim:
+                raise ValueError(f"collection {name} holds {have['params']['dim']}-d vectors, not {dim}-d")
+            return name
+        self.client.create_collection(
+            name, schema=collection_schema(dim), index_params=index_params(self.client, self.cfg)
+        )
+        log.info("created collection %s (%s, %s, dim %d)", name, self.cfg.index_type, self.cfg.metric, dim)
+        return name
+
+    def write(self, rows: pd.DataFrame, vectors: np.ndarray, collection: str | None = None) -> int:
+        """Upsert rows (columns `id` + SCALAR_FIELDS) with their vectors [N, D] into `collection` (default: the
+        published one). Ids are stable (`schema.row_id`), so writing an item twice replaces it. Returns N."""
+        name = collection or self._published()
+        for chunk in _batches(rows, vectors, self.cfg.insert_batch):
+            self.client.upsert(name, chunk)
+        self.client.flush(name)
+        return len(rows)
+
+    def delete_items(self, item_ids: list[str], collection: str | None = None) -> None:
+        """Remove every row (frames and series) of these items."""
+        if not item_ids:
+            return
+        name = collection or self._published()
+        self.client.delete(name, filter=SearchFilter(item_id=tuple(item_ids)).expression())
+        self.client.flush(name)
+
+    def publish(self, collection: str) -> list[str]:
+        """Point the alias at `collection` (atomically), then drop the oldest collections beyond `cfg.retain`.
+        Returns the dropped names. The collection is loaded first so the first search through the alias is served."""
+        self.client.load_collection(collection)
+        if self.current() is None:
+            self.client.create_alias(collection, self.cfg.alias)
+        else:
+            self.client.alter_alias(collection, self.cfg.alias)
+        log.info("alias %s -> %s", self.cfg.alias, collection)
+        return self._drop_old(keep=collection)
+
+    def _drop_old(self, keep: str) -> list[str]:
+        others = [n for n in self.collections() if n != keep]
+        # oldest first by creation time, so retain keeps the most recent ones
+        others.sort(key=lambda n: self.client.describe_collection(n).get("created_timestamp", 0))
+        doomed = others[: max(0, len(others) - (self.cfg.retain - 1))]
+        for name in doomed:
+            self.client.drop_collection(name)
+            log.info("dropped old collection %s", name)
+        return doomed
+
+    def _published(self) -> str:
+        name = self.current()
+        if name is None:
+            raise IndexNotReadyError(f"no collection is published under alias {self.cfg.alias!r} at {self.cfg.uri}")
+        return name
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        where: SearchFilter | None = None,
+        collection: str | None = None,
+        fields: tuple[str, ...] = SCALAR_FIELDS,
+    ) -> list[list[Hit]]:
+        """Top-k rows per query vector [Q, D] (L2-normalised), best first, through the alias unless `collection`
+        is given (evaluation of a candidate before it is published)."""
+        if not 1 <= k <= MAX_LIMIT:
+            raise ValueError(f"k must be in 1..{MAX_LIMIT}, got {k}")
+        target = collection or self.cfg.alias
+        if collection is None:
+            self._published()
+        queries = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        result = self.client.search(
+            target,
+            data=list(queries),
+            limit=k,
+            filter=where.expression() if where else "",
+            output_fields=list(fields),
+            search_params=search_params(self.cfg, k),
+        )
+        return [[Hit(int(h["id"]), float(h["distance"]), dict(h["entity"])) for h in hits] for hits in result]
+
+    def close(self) -> None:
+        self.client.close()

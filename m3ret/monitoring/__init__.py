@@ -1,0 +1,1 @@
+"""Embedding drift monitoring (Evidently)."""
