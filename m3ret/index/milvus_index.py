@@ -77,6 +77,7 @@ class MilvusIndex:
     def __init__(self, cfg: IndexConfig, token: str = "", client: MilvusClient | None = None) -> None:
         self.cfg = cfg
         self.client = client if client is not None else connect(cfg, token)
+        self._loaded: set[str] = set()
 
     # ------------------------------------------------------------------ collections
     def collection_name(self, version: str) -> str:
@@ -97,7 +98,7 @@ class MilvusIndex:
 
     def count(self, collection: str | None = None) -> int:
         """Rows in `collection` (default: the published one)."""
-        name = collection or self._published()
+        name = self._load(collection or self._published())
         return int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def ensure_collection(self, version: str, dim: int) -> str:
@@ -134,7 +135,7 @@ class MilvusIndex:
     def publish(self, collection: str) -> list[str]:
         """Point the alias at `collection` (atomically), then drop the oldest collections beyond `cfg.retain`.
         Returns the dropped names. The collection is loaded first so the first search through the alias is served."""
-        self.client.load_collection(collection)
+        self._load(collection)
         if self.current() is None:
             self.client.create_alias(collection, self.cfg.alias)
         else:
@@ -151,6 +152,13 @@ class MilvusIndex:
             self.client.drop_collection(name)
             log.info("dropped old collection %s", name)
         return doomed
+
+    def _load(self, name: str) -> str:
+        """Load `name` into memory once per client: a reopened Milvus Lite file starts with its collections released."""
+        if name not in self._loaded:
+            self.client.load_collection(name)
+            self._loaded.add(name)
+        return name
 
     def _published(self) -> str:
         name = self.current()
@@ -172,8 +180,7 @@ class MilvusIndex:
         if not 1 <= k <= MAX_LIMIT:
             raise ValueError(f"k must be in 1..{MAX_LIMIT}, got {k}")
         target = collection or self.cfg.alias
-        if collection is None:
-            self._published()
+        self._load(collection or self._published())
         queries = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         result = self.client.search(
             target,
