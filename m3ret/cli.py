@@ -16,8 +16,12 @@ from typing import Any
 import pandas as pd
 
 from m3ret.config import ConfigError, Params, load_params, profile_names
+from m3ret.data.errors import InputError
+from m3ret.index.errors import IndexNotReadyError
+from m3ret.index.filters import FilterError
 
 SALT_ENV = "M3RET_ID_SALT"
+MILVUS_TOKEN_ENV = "M3RET_MILVUS_TOKEN"
 
 
 def _write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -90,6 +94,70 @@ def cmd_pretrain(params: Params, args: argparse.Namespace) -> None:
     print("pretrain: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k))
 
 
+def _index(params: Params):
+    from m3ret.index.milvus_index import MilvusIndex
+
+    return MilvusIndex(params.index, token=os.environ.get(MILVUS_TOKEN_ENV, ""))
+
+
+def cmd_embed(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.models.embeddings import embed_stage
+
+    summary = embed_stage(
+        params.embed,
+        Path(params.preprocess.out),
+        pd.read_parquet(params.ingest.out),
+        pd.read_parquet(params.split.out),
+        params.preprocess,
+        params.read,
+    )
+    _write_json("reports/embed.json", summary)
+    print(f"embed: model {summary['model_version']}: {summary['frames']} frames, {summary['items']} items")
+
+
+def cmd_index(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.index.build import build_collection
+    from m3ret.models.embeddings import EmbeddingSet
+
+    index = _index(params)
+    try:
+        name = build_collection(index, EmbeddingSet.load(params.embed.out))
+        summary = {"collection": name, "rows": index.count(name), "published": index.current()}
+    finally:
+        index.close()
+    _write_json("reports/index.json", summary)
+    print(f"index: {name} holds {summary['rows']} rows; alias {params.index.alias} -> {summary['published']}")
+
+
+def cmd_search(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.index.filters import SearchFilter
+    from m3ret.index.query import embed_file, search_query
+    from m3ret.models.encoder import load_encoder
+
+    where = SearchFilter(modality=tuple(args.modality), dataset=tuple(args.dataset), level=args.level)
+    where.expression()  # a bad filter value fails before the encoder is loaded
+    query = embed_file(args.file, load_encoder(params.embed.encoder), params.read, params.preprocess)
+    index = _index(params)
+    try:
+        hits = search_query(index, query, args.k, where)
+    finally:
+        index.close()
+    shown = ("item_id", "level", "modality", "dataset", "kind", "split", "label", "frame_index", "source_path")
+    results = [
+        {"rank": r + 1, "score": round(h.score, 4), **{f: h.fields[f] for f in shown}} for r, h in enumerate(hits)
+    ]
+    if args.json:
+        print(json.dumps({"query": str(args.file), "kind": query.meta.get("kind"), "hits": results}, indent=2))
+    else:
+        print(f"{args.file}: {query.meta.get('kind')}, {len(query.frames)} frame(s); top {len(results)}")
+        print(pd.DataFrame(results).to_string(index=False) if results else "no hits")
+    if args.grid:
+        from m3ret.eval.retrieval_grid import search_grid
+
+        search_grid(query, hits, Path(params.preprocess.out), Path(args.grid))
+        print(f"grid: {args.grid}")
+
+
 def cmd_profile(params: Params, args: argparse.Namespace) -> None:
     from m3ret.config import profile_overrides
 
@@ -102,6 +170,9 @@ COMMANDS = {
     "preprocess": (cmd_preprocess, "decode items into sharded model-ready frames"),
     "split": (cmd_split, "group-disjoint pretrain/gallery/query splits"),
     "pretrain": (cmd_pretrain, "self-supervised pretraining (MAE or SimDINO); resumes from the last checkpoint"),
+    "embed": (cmd_embed, "frame and series embeddings of every stored frame with the pretrained encoder"),
+    "index": (cmd_index, "build the model version's Milvus collection from the embeddings (not yet published)"),
+    "search": (cmd_search, "find the items most similar to a file (image, DICOM file or series folder, NIfTI, video)"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 
@@ -112,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
     commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    search = commands["search"]
+    search.add_argument("file", type=Path, help="image, DICOM file or series folder, NIfTI or video")
+    search.add_argument("--k", type=int, default=10, help="number of hits (default 10)")
+    search.add_argument("--modality", action="append", default=[], help="keep only this modality (repeatable)")
+    search.add_argument("--dataset", action="append", default=[], help="keep only this dataset (repeatable)")
+    search.add_argument("--level", choices=["frame", "series"], default="series", help="frames or whole series")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.add_argument("--grid", type=Path, default=None, help="write a picture of the query and its hits")
     commands["profile"].add_argument("name", help=f"one of: {', '.join(profile_names())}")
     return parser
 
@@ -119,10 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Milvus Lite's embedded server answers a client probe it does not implement with a logged traceback, and faiss
+    # reports which CPU build it loaded: neither is actionable for a user.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         params = load_params(args.params)
         COMMANDS[args.command][0](params, args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, InputError, FilterError, IndexNotReadyError) as err:
         print(f"m3ret {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,7 @@ import pandas as pd
 from pymilvus import MilvusClient
 
 from m3ret.config import IndexConfig
+from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import SearchFilter
 from m3ret.index.schema import SCALAR_FIELDS, VECTOR_FIELD, collection_schema, index_params, search_params
 
@@ -27,10 +28,6 @@ log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 # Milvus caps one search's limit (topk) at 16384.
 MAX_LIMIT = 16384
-
-
-class IndexNotReadyError(RuntimeError):
-    """Searching before any collection was published under the alias."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from m3ret.config import IndexConfig
+from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError, SearchFilter
-from m3ret.index.milvus_index import IndexNotReadyError, MilvusIndex
+from m3ret.index.milvus_index import MilvusIndex
 from m3ret.models.embeddings import index_table
 
 DIM = 16
