@@ -158,6 +158,18 @@ def cmd_search(params: Params, args: argparse.Namespace) -> None:
         print(f"grid: {args.grid}")
 
 
+def cmd_drift(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.models.embeddings import EmbeddingSet
+    from m3ret.monitoring.drift import drift_stage
+
+    summary = drift_stage(EmbeddingSet.load(params.embed.out), params.drift)
+    for scope in summary["scopes"]:
+        score = "-" if scope["score"] is None else f"{scope['score']:.4f}"
+        print(f"  {scope['scope']:>12}: {scope['status']:<18} score {score:>8}  drifted={scope['drifted']}")
+    print(f"drift ({summary['method']}, threshold {summary['threshold']}): drifted={summary['drifted']}")
+    print(f"report: {summary['files']['html']}")
+
+
 def cmd_profile(params: Params, args: argparse.Namespace) -> None:
     from m3ret.config import profile_overrides
 
@@ -173,6 +185,7 @@ COMMANDS = {
     "embed": (cmd_embed, "frame and series embeddings of every stored frame with the pretrained encoder"),
     "index": (cmd_index, "build the model version's Milvus collection from the embeddings (not yet published)"),
     "search": (cmd_search, "find the items most similar to a file (image, DICOM file or series folder, NIfTI, video)"),
+    "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 
