@@ -170,6 +170,12 @@ def cmd_drift(params: Params, args: argparse.Namespace) -> None:
     print(f"report: {summary['files']['html']}")
 
 
+def cmd_serve_import(params: Params, args: argparse.Namespace) -> None:
+    from serving.model_store import import_encoder  # the CLI is a shell: it may reach the serving glue, m3ret may not
+
+    print(f"imported into the BentoML model store as {import_encoder(Path(params.embed.encoder), params)}")
+
+
 def cmd_profile(params: Params, args: argparse.Namespace) -> None:
     from m3ret.config import profile_overrides
 
@@ -186,6 +192,7 @@ COMMANDS = {
     "index": (cmd_index, "build the model version's Milvus collection from the embeddings (not yet published)"),
     "search": (cmd_search, "find the items most similar to a file (image, DICOM file or series folder, NIfTI, video)"),
     "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
+    "serve-import": (cmd_serve_import, "put embed.encoder into the BentoML model store for the retrieval service"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 

@@ -73,6 +73,7 @@ class MilvusIndex:
 
     def __init__(self, cfg: IndexConfig, token: str = "", client: MilvusClient | None = None) -> None:
         self.cfg = cfg
+        self._owns_client = client is None
         self.client = client if client is not None else connect(cfg, token)
         self._loaded: set[str] = set()
 
@@ -190,4 +191,10 @@ class MilvusIndex:
         return [[Hit(int(h["id"]), float(h["distance"]), dict(h["entity"])) for h in hits] for hits in result]
 
     def close(self) -> None:
+        """Close the client; for a Milvus Lite file this client opened, also stop the embedded server so another
+        process can open the file (Lite runs it inside the process that opened the file, until exit)."""
         self.client.close()
+        if self._owns_client and not is_server_uri(self.cfg.uri):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.cfg.uri)

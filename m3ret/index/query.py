@@ -31,6 +31,12 @@ class Query:
     vector: np.ndarray
     meta: dict[str, Any]
 
+    @classmethod
+    def from_frame_vectors(cls, frames: np.ndarray, frame_vectors: np.ndarray, meta: dict[str, Any]) -> Query:
+        """Frames [T, S, S, 3] and their vectors [T, D] -> a Query whose vector is their renormalised mean."""
+        _ids, mean = item_vectors(frame_vectors, np.zeros(len(frame_vectors), dtype=np.int64))
+        return cls(frames=frames, frame_vectors=frame_vectors, vector=mean[0], meta=meta)
+
     def preview(self) -> np.ndarray:
         """One representative frame uint8 [S, S, 3]: the middle slice of a volume, the middle frame of a video."""
         return self.frames[len(self.frames) // 2]
@@ -38,9 +44,7 @@ class Query:
 
 def embed_frames_as_query(frames: np.ndarray, meta: dict[str, Any], encoder: Encoder) -> Query:
     """Model-ready frames [T, S, S, 3] -> a Query (frame vectors and their renormalised mean)."""
-    vectors = encoder.embed(frames).numpy()
-    _ids, mean = item_vectors(vectors, np.zeros(len(vectors), dtype=np.int64))
-    return Query(frames=frames, frame_vectors=vectors, vector=mean[0], meta=meta)
+    return Query.from_frame_vectors(frames, encoder.embed(frames).numpy(), meta)
 
 
 def embed_file(path: str | Path, encoder: Encoder, read_cfg: ReadConfig, preprocess: PreprocessConfig) -> Query:

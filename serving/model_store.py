@@ -1,0 +1,48 @@
+"""The pipeline's encoder checkpoint in the BentoML model store, with what it needs to embed a query like the index.
+
+The model's version in the store is the pipeline's `model_version` (checkpoint bytes + read/preprocess settings), so
+importing the same encoder twice is one model, and the service can tell whether the index alias holds its vectors.
+The read and preprocess sections travel in the model's metadata: a query must be decoded, windowed and letterboxed
+exactly as the indexed frames were, whatever params.yaml says where the service runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from m3ret.config import Params, PreprocessConfig, ReadConfig, from_dict, to_dict
+from m3ret.models.embeddings import model_version
+from m3ret.models.encoder import Encoder, load_encoder
+from m3ret.train.checkpoint import ENCODER_FILE
+
+
+def import_encoder(encoder_path: Path, params: Params, name: str = "m3ret-encoder") -> str:
+    """Save `encoder_path` (an `encoder.pt`) as model `name:<model_version>`; returns the tag. Idempotent."""
+    version = model_version(encoder_path, params.preprocess, params.read)
+    tag = f"{name}:{version}"
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound:
+        pass
+    metadata = {
+        "model_version": version,
+        "read": to_dict(params.read),
+        "preprocess": to_dict(params.preprocess),
+    }
+    with bentoml.models.create(tag, labels={"project": "m3ret"}, metadata=metadata) as model:
+        shutil.copyfile(encoder_path, model.path_of(ENCODER_FILE))
+    return str(model.tag)
+
+
+def load_imported(tag: str) -> tuple[Encoder, ReadConfig, PreprocessConfig, str]:
+    """(encoder in eval mode on CPU, its read section, its preprocess section, its model version) from the store."""
+    model = bentoml.models.get(tag)
+    meta = model.info.metadata
+    encoder = load_encoder(model.path_of(ENCODER_FILE))
+    read = from_dict(ReadConfig, meta["read"], "read")
+    preprocess = from_dict(PreprocessConfig, meta["preprocess"], "preprocess")
+    return encoder, read, preprocess, str(meta["model_version"])

@@ -1,0 +1,142 @@
+// The "find similar cases" page: one form posted to /search with fetch(FormData), results drawn as a grid.
+// Vanilla JS, no external assets: the page must work on a machine with no internet access.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function text(tag, className, content) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  node.textContent = content;
+  return node;
+}
+
+async function checkHealth() {
+  try {
+    const response = await fetch("/healthz");
+    const health = await response.json();
+    $("health").textContent =
+      `model ${health.model_version} · collection ${health.collection || "none"} · ${health.rows} rows` +
+      (health.status === "ok" ? "" : " · not ready");
+    if (health.max_k) $("k").max = health.max_k;
+  } catch (err) {
+    $("health").textContent = "service unreachable";
+  }
+}
+
+function openOverlay(hit) {
+  $("overlay-image").src = hit.thumbnail_url;
+  $("overlay-caption").textContent =
+    `#${hit.rank} · score ${hit.score.toFixed(4)} · ${hit.modality} · ${hit.dataset} · ${hit.kind}` +
+    (hit.label ? ` · ${hit.label}` : "") + (hit.level === "frame" ? ` · frame ${hit.frame_index}` : "");
+  $("overlay").hidden = false;
+  $("overlay-close").focus();
+}
+
+function closeOverlay() {
+  $("overlay").hidden = true;
+  $("overlay-image").removeAttribute("src");
+}
+
+function tile(hit) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "hit";
+  button.dataset.itemId = hit.item_id;
+  button.dataset.rank = hit.rank;
+  const img = document.createElement("img");
+  img.src = hit.thumbnail_url;
+  img.alt = `hit ${hit.rank}`;
+  img.loading = "lazy";
+  button.append(
+    img,
+    text("span", "score", `#${hit.rank} · ${hit.score.toFixed(3)}`),
+    text("span", "modality", hit.modality || "?"),
+    text("span", "dataset", hit.dataset || ""),
+  );
+  button.addEventListener("click", () => openOverlay(hit));
+  return button;
+}
+
+function render(result) {
+  $("query-preview").src = result.query.preview_png;
+  $("query-caption").textContent =
+    `${result.query.kind} · ${result.query.modality || "?"} · ${result.query.n_frames} frame(s)`;
+  const grid = $("hits");
+  grid.replaceChildren(...result.hits.map(tile));
+  const t = result.timing_ms;
+  $("status").textContent =
+    `${result.hits.length} hits · decode ${t.decode} ms · preprocess ${t.preprocess} ms · ` +
+    `encode ${t.encode} ms · search ${t.search} ms`;
+  $("results").hidden = false;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  showError("");
+  const file = $("file").files[0];
+  if (!file) {
+    showError("Pick a file first.");
+    return;
+  }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("k", $("k").value || "10");
+  form.append("modality", $("modality").value.trim());
+  form.append("level", $("level").value);
+  $("submit").disabled = true;
+  $("status").textContent = "searching…";
+  try {
+    const response = await fetch("/search", { method: "POST", body: form });
+    const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+    if (!response.ok) {
+      $("status").textContent = "";
+      $("results").hidden = true;
+      showError(`${response.status}: ${body.error || JSON.stringify(body)}`);
+      return;
+    }
+    render(body);
+  } catch (err) {
+    $("status").textContent = "";
+    showError(`request failed: ${err}`);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+function setUpDrop() {
+  const drop = $("drop");
+  const input = $("file");
+  input.addEventListener("change", () => {
+    if (input.files[0]) $("drop-text").textContent = input.files[0].name;
+  });
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) {
+      input.files = event.dataTransfer.files;
+      input.dispatchEvent(new Event("change"));
+    }
+  });
+}
+
+$("query-form").addEventListener("submit", submit);
+$("overlay-close").addEventListener("click", closeOverlay);
+$("overlay").addEventListener("click", (event) => {
+  if (event.target === $("overlay")) closeOverlay();
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") closeOverlay();
+});
+setUpDrop();
+checkHealth();

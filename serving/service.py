@@ -1,0 +1,296 @@
+"""The retrieval service: upload a file, get the most similar indexed cases (BentoML 1.4, `bentoml serve`).
+
+Environment: M3RET_MODEL_TAG (BentoML model store tag, default `m3ret-encoder:latest`, see serving/model_store.py),
+M3RET_PARAMS (params file for the index, serve and preprocess sections, default `params.yaml`), M3RET_INDEX_URI
+(overrides `index.uri`, e.g. a `milvus-lite server` or Milvus cluster URL), M3RET_MILVUS_TOKEN.
+
+A query goes through the same reader, windowing, letterbox and encoder as the indexed items: the read and
+preprocess settings come with the imported model, not from the local params file. Forward passes go through one
+batchable API, so concurrent requests share them (BentoML adaptive batching).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+import bentoml
+import numpy as np
+from bentoml.validators import DType
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from starlette.responses import JSONResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from m3ret.config import load_params
+from m3ret.data.errors import InputError, InputTooLargeError, UnreadableInputError
+from m3ret.data.preprocess import item_frames
+from m3ret.data.readers import read
+from m3ret.data.thumbnails import Thumbnails, to_png
+from m3ret.data.upload import MB, unpack_upload
+from m3ret.index.filters import FilterError, SearchFilter
+from m3ret.index.milvus_index import MilvusIndex
+from m3ret.index.query import Query, search_query
+from serving.model_store import load_imported
+
+log = logging.getLogger(__name__)
+PAGE_DIR = Path(__file__).parent / "page"
+# What a hit may show: ids are salted hashes, the rest are pipeline facts. Never source_path or header fields.
+HIT_FIELDS = ("item_id", "level", "modality", "dataset", "kind", "split", "label", "frame_index")
+STEP_SECONDS = bentoml.metrics.Histogram(
+    name="m3ret_step_seconds",
+    documentation="Seconds per request step of /search and /embed",
+    labelnames=["step"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+ENCODE_ATTEMPTS = 3
+UPLOAD_ROUTES = ("/search", "/embed")
+# Multipart framing around the file; a body beyond the upload limit by more than this is refused unread.
+_FORM_OVERHEAD = 64 * 1024
+
+page = FastAPI(title="m3ret page", docs_url=None, redoc_url=None, openapi_url=None)
+page.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+
+
+def _error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def _input_error(err: InputError, hide: tuple[str, ...]) -> JSONResponse:
+    """A bad upload: 413 for anything beyond a limit, 415 for a kind m3ret does not read, 422 for a broken file.
+    Decoders quote the file's path; the server's temporary folders (`hide`) are no business of the client."""
+    reason = err.reason
+    for folder in hide:
+        reason = re.sub(re.escape(folder) + r"/?\S*", "<upload>", reason)
+    if isinstance(err, InputTooLargeError):
+        return _error(413, reason)
+    if isinstance(err, UnreadableInputError):
+        return _error(422, reason)
+    return _error(415, reason)
+
+
+class _StepTimer:
+    """Milliseconds per step for the response, and the same seconds into the Prometheus histogram."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        STEP_SECONDS.labels(step=step).observe(now - self._t)
+        self.ms[step] = round((now - self._t) * 1000, 2)
+        self._t = now
+
+
+@bentoml.service(
+    name="m3ret-retrieval",
+    # one worker: a Milvus Lite file admits one process, and the encoder is shared by batching, not by copies
+    workers=1,
+    traffic={"timeout": 120, "max_concurrency": 64},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(page, path="/")
+class Retrieval:
+    encoder_model = bentoml.models.BentoModel(os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest"))
+
+    def __init__(self) -> None:
+        params = load_params(os.environ.get("M3RET_PARAMS", "params.yaml"))
+        index_cfg = params.index
+        if uri := os.environ.get("M3RET_INDEX_URI"):
+            index_cfg = replace(index_cfg, uri=uri)
+        self.serve_cfg = params.serve
+        self.encoder, self.read_cfg, self.preprocess_cfg, self.model_version = load_imported(
+            str(self.encoder_model.tag)
+        )
+        self.index = MilvusIndex(index_cfg, token=os.environ.get("M3RET_MILVUS_TOKEN", ""))
+        self.collection = self.index.collection_name(self.model_version)
+        self.thumbnails: Thumbnails | None = None
+        try:
+            self.thumbnails = Thumbnails(Path(params.preprocess.out), params.serve.thumbnail_size)
+        except FileNotFoundError:
+            log.warning("no frame store at %s: thumbnails are unavailable", params.preprocess.out)
+        log.info("encoder %s (model %s), index %s", self.encoder_model.tag, self.model_version, index_cfg.uri)
+
+    def __is_ready__(self) -> bool:
+        """/readyz: ready once the alias serves this encoder's collection (not before the first publish, and not
+        after a newer model was published that this service cannot embed queries for)."""
+        try:
+            return self.index.current() == self.collection
+        except Exception:  # an unreachable Milvus is "not ready", not a crashed probe
+            log.exception("readiness: index unreachable")
+            return False
+
+    # ------------------------------------------------------------------------------------------ inference
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=256, max_latency_ms=30000)
+    def encode(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
+        """Model-ready frames uint8 [N, S, S, 3] -> L2-normalised float32 [N, D]. Concurrent callers' frames are
+        concatenated along N into one forward pass."""
+        return self.encoder.embed(frames).numpy()
+
+    @bentoml.api(route="/search")
+    async def search(self, file: Path, k: int = 10, modality: str = "", level: str = "series") -> dict[str, Any]:
+        """Multipart `file` (+ `k`, `modality` ("" = any), `level` series|frame) -> the k most similar rows."""
+        if not 1 <= k <= self.serve_cfg.max_k:
+            return _error(400, f"k must be in 1..{self.serve_cfg.max_k}, got {k}")
+        try:
+            where = SearchFilter(modality=(modality,) if modality else (), level=level)
+            where.expression()
+        except FilterError as err:
+            return _error(400, str(err))
+        result = await self._query(file)
+        if isinstance(result, Response):
+            return result
+        query, timer = result
+        hits = await anyio.to_thread.run_sync(search_query, self.index, query, k, where)
+        timer.done("search")
+        stale = {h.fields.get("model_version") for h in hits} - {self.model_version}
+        if stale:
+            return _error(503, f"the index serves model {sorted(stale)}, this service embeds with {self.model_version}")
+        preview = to_png(query.preview(), self.serve_cfg.thumbnail_size)
+        return {
+            "model_version": self.model_version,
+            "query": {
+                "kind": query.meta.get("kind", ""),
+                "modality": query.meta.get("modality", ""),
+                "n_frames": len(query.frames),
+                "preview_png": "data:image/png;base64," + base64.b64encode(preview).decode("ascii"),
+            },
+            "hits": [self._hit(rank, hit.score, hit.fields) for rank, hit in enumerate(hits, start=1)],
+            "timing_ms": timer.ms,
+        }
+
+    @bentoml.api(route="/embed")
+    async def embed(self, file: Path) -> dict[str, Any]:
+        """Multipart `file` -> its series-level vector (mean of its frame vectors, renormalised)."""
+        result = await self._query(file)
+        if isinstance(result, Response):
+            return result
+        query, _timer = result
+        return {
+            "model_version": self.model_version,
+            "dim": int(query.vector.shape[0]),
+            "vector": query.vector.tolist(),
+            "frame_vectors_shape": list(query.frame_vectors.shape),
+        }
+
+    async def _query(self, upload: Path) -> tuple[Query, _StepTimer] | JSONResponse:
+        """Decode, preprocess and encode an upload; a bad upload becomes its 4xx response."""
+        timer = _StepTimer()
+        with tempfile.TemporaryDirectory(prefix="m3ret-upload-") as work:
+            try:
+                decoded, meta = await anyio.to_thread.run_sync(self._decode, upload, Path(work))
+                timer.done("decode")
+                frames, _records = await anyio.to_thread.run_sync(item_frames, decoded, meta, self.preprocess_cfg)
+                timer.done("preprocess")
+            except InputError as err:
+                return _input_error(err, hide=(work, str(upload.parent)))
+            except Exception as err:  # a decoder failing on hostile bytes must not become a 500 or a dead worker
+                log.exception("decoding an upload failed")
+                return _error(422, f"cannot decode the file: unexpected {type(err).__name__}")
+        try:
+            vectors = await self._encode(frames)
+        except Exception as err:  # the batcher sheds load with 503 when its latency budget is exceeded
+            log.exception("encoding failed")
+            return _error(503, f"encoder unavailable: {type(err).__name__}")
+        timer.done("encode")
+        return Query.from_frame_vectors(frames, vectors, meta), timer
+
+    async def _encode(self, frames: np.ndarray) -> np.ndarray:
+        """Frames through the batchable `encode` API (BentoML's in-process proxy to this service), so concurrent
+        requests share forward passes. Under load that proxy's ASGI connector sometimes drops a finished response
+        (aiohttp ServerDisconnectedError, seen with 16 concurrent requests); encoding is a pure function, so the
+        call is repeated."""
+        for _ in range(ENCODE_ATTEMPTS - 1):
+            try:
+                return np.asarray(await self.to_async.encode(frames), dtype=np.float32)
+            except aiohttp.ServerDisconnectedError:
+                log.warning("encode proxy dropped a response; repeating the call")
+        return np.asarray(await self.to_async.encode(frames), dtype=np.float32)
+
+    def _decode(self, upload: Path, work: Path) -> tuple[np.ndarray, dict]:
+        decoded, meta = read(unpack_upload(upload, upload.name, self.serve_cfg, work), self.read_cfg)
+        if not len(decoded):
+            raise UnreadableInputError(upload.name, "decoded no frames")
+        return decoded, meta
+
+    def _hit(self, rank: int, score: float, fields: dict[str, Any]) -> dict[str, Any]:
+        hit: dict[str, Any] = {"rank": rank, "score": round(float(score), 6)}
+        hit.update({name: fields.get(name) for name in HIT_FIELDS})
+        url = f"/thumbnail/{quote(str(hit['item_id']), safe='')}"
+        if hit["level"] == "frame" and int(hit["frame_index"]) >= 0:
+            url += f"?frame={int(hit['frame_index'])}"
+        hit["thumbnail_url"] = url
+        return hit
+
+    # ------------------------------------------------------------------------------- page and plain GETs
+    @page.get("/")
+    def index_page(self) -> FileResponse:
+        return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
+
+    @page.get("/thumbnail/{item_id}")
+    def thumbnail(self, item_id: str, frame: int | None = None) -> Response:
+        if self.thumbnails is None:
+            return _error(404, "this service has no frame store for thumbnails")
+        try:
+            png = self.thumbnails.png(item_id, frame)
+        except KeyError as err:
+            return _error(404, str(err.args[0]))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @page.get("/health")
+    def health(self) -> dict[str, Any]:
+        """Served at GET /healthz (see `_HealthzRoute`): the model, the collection behind the alias, its rows."""
+        current = self.index.current()
+        return {
+            "status": "ok" if current == self.collection else "not_ready",
+            "model_version": self.model_version,
+            "collection": current,
+            "rows": self.index.count() if current else 0,
+            "max_k": self.serve_cfg.max_k,
+        }
+
+
+class _HealthzRoute:
+    """BentoML's own GET /healthz (an alias of /livez) is matched before any mounted app; send it to the page app's
+    /health instead, which still answers 200 while the process lives, with the model and index facts."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz":
+            scope = {**scope, "path": "/health", "raw_path": b"/health"}
+        await self.app(scope, receive, send)
+
+
+class _UploadLimit:
+    """Refuse a request body declared larger than serve.max_upload_mb with 413 before it is read; a body without
+    Content-Length is checked after saving by `unpack_upload`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in UPLOAD_ROUTES:
+            declared = dict(scope["headers"]).get(b"content-length", b"0")
+            limit_mb = bentoml.get_current_service().serve_cfg.max_upload_mb
+            if declared.isdigit() and int(declared) > limit_mb * MB + _FORM_OVERHEAD:
+                reason = f"upload is {int(declared) / MB:.1f} MB; the limit is {limit_mb} MB"
+                await _error(413, reason)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+Retrieval.add_asgi_middleware(_HealthzRoute)
+Retrieval.add_asgi_middleware(_UploadLimit)

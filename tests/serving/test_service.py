@@ -1,0 +1,198 @@
+"""The retrieval service over HTTP (`bentoml serve` on a tiny real index): every endpoint, every input kind, and the
+bad inputs each refused with a 4xx and a reason while the service keeps answering."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+if TYPE_CHECKING:
+    from conftest import Served
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from dicom_factory import make_dataset, save  # noqa: E402
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 120.0
+
+
+def _post(served: Served, route: str, path: Path | None = None, content: bytes | None = None, **form) -> httpx.Response:
+    name = path.name if path is not None else "upload.bin"
+    body = path.read_bytes() if path is not None else content
+    data = {key: str(value) for key, value in form.items()}
+    return httpx.post(f"{served.url}{route}", files={"file": (name, body)}, data=data, timeout=TIMEOUT)
+
+
+def _search(served: Served, path: Path, **form) -> dict:
+    response = _post(served, "/search", path, **form)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_near_copies_come_back_first(served: Served) -> None:
+    jpeg = _search(served, served.queries["jpeg_copy"], k=5)
+    assert jpeg["hits"][0]["dataset"] == "photos"
+    top = jpeg["hits"][0]["item_id"]
+    png = _search(served, served.queries["png_noisy"], k=5)
+    assert png["hits"][0]["dataset"] == "photos" and png["hits"][0]["item_id"] != top
+    # the gallery's own original PNG is its own best hit, and it is the JPEG's best hit too
+    original = _search(served, served.root / "src" / "photos" / "checker.png", k=1)
+    assert original["hits"][0]["item_id"] == top
+    assert original["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_response_shape_and_allow_listed_fields(served: Served) -> None:
+    result = _search(served, served.queries["jpeg_copy"], k=3)
+    assert set(result) == {"model_version", "query", "hits", "timing_ms"}
+    assert set(result["timing_ms"]) == {"decode", "preprocess", "encode", "search"}
+    assert result["query"]["kind"] == "image" and result["query"]["n_frames"] == 1
+    assert result["query"]["preview_png"].startswith("data:image/png;base64,")
+    assert [hit["rank"] for hit in result["hits"]] == [1, 2, 3]
+    scores = [hit["score"] for hit in result["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    allowed = {"rank", "score", "item_id", "level", "modality", "dataset", "kind", "split", "label", "frame_index"}
+    for hit in result["hits"]:
+        assert set(hit) == allowed | {"thumbnail_url"}
+        assert hit["level"] == "series"
+    assert "source_path" not in str(result) and "src/photos" not in str(result)
+
+
+@pytest.mark.parametrize(
+    ("query", "kind", "dataset"),
+    [
+        ("dicom_file", "image", None),
+        ("dicom_zip", "volume", "ct"),
+        ("nifti", "volume", "mri"),
+        ("video", "video", "endo"),
+    ],
+)
+def test_every_input_kind(served: Served, query: str, kind: str, dataset: str | None) -> None:
+    result = _search(served, served.queries[query], k=4)
+    assert result["query"]["kind"] == kind
+    assert result["query"]["n_frames"] >= 1
+    if dataset is not None:  # the same series/volume/clip is in the index: it is its own nearest neighbour
+        assert result["hits"][0]["dataset"] == dataset
+        assert result["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_modality_filter_and_frame_level(served: Served) -> None:
+    result = _search(served, served.queries["jpeg_copy"], k=served.max_k, modality="mr")
+    assert result["hits"] and all(hit["modality"] == "mr" for hit in result["hits"])
+    frames = _search(served, served.queries["nifti"], k=6, level="frame")
+    assert len(frames["hits"]) == 6
+    assert all(hit["level"] == "frame" and hit["frame_index"] >= 0 for hit in frames["hits"])
+    assert frames["hits"][0]["dataset"] == "mri"
+    url = frames["hits"][0]["thumbnail_url"]
+    assert "?frame=" in url
+    thumb = httpx.get(f"{served.url}{url}", timeout=TIMEOUT)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(thumb.content)).size == (64, 64)
+
+
+def test_thumbnail_of_series_and_unknown_item(served: Served) -> None:
+    hit = _search(served, served.queries["video"], k=1)["hits"][0]
+    response = httpx.get(f"{served.url}{hit['thumbnail_url']}", timeout=TIMEOUT)
+    assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+    missing = httpx.get(f"{served.url}/thumbnail/nope", timeout=TIMEOUT)
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+def test_embed_returns_a_unit_vector(served: Served) -> None:
+    response = _post(served, "/embed", served.queries["nifti"])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    vector = np.asarray(body["vector"])
+    assert body["dim"] == served.dim == vector.shape[0]
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert body["frame_vectors_shape"][1] == served.dim and body["frame_vectors_shape"][0] > 1
+
+
+def test_health_readiness_and_metrics(served: Served) -> None:
+    health = httpx.get(f"{served.url}/healthz", timeout=TIMEOUT).json()
+    assert health["status"] == "ok"
+    assert health["collection"] == f"m3ret_test_{health['model_version']}"
+    assert health["rows"] > served.n_series
+    assert httpx.get(f"{served.url}/readyz", timeout=TIMEOUT).status_code == 200
+    _search(served, served.queries["png_noisy"], k=2)
+    metrics = httpx.get(f"{served.url}/metrics", timeout=TIMEOUT).text
+    for step in ("decode", "preprocess", "encode", "search"):
+        count = re.search(rf'm3ret_step_seconds_count{{[^}}]*step="{step}"[^}}]*}} ([0-9.e+]+)', metrics)
+        assert count and float(count.group(1)) >= 1, step
+        assert re.search(rf'm3ret_step_seconds_bucket{{[^}}]*step="{step}"', metrics), step
+    assert "adaptive_batch_size" in metrics
+
+
+def _zip_bomb() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("slice.dcm", b"\0" * (64 << 20))
+    return buffer.getvalue()
+
+
+def _truncated_dicom() -> bytes:
+    buffer = io.BytesIO()
+    make_dataset(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
+
+
+def _huge_dicom(tmp: Path) -> bytes:
+    ds = make_dataset(np.zeros((8, 8), dtype=np.uint16))
+    ds.Rows, ds.Columns = 60000, 60000
+    return save(ds, tmp / "huge.dcm").read_bytes()
+
+
+def test_bad_inputs_are_refused_with_reasons(served: Served, tmp_path: Path) -> None:
+    video = served.queries["video"].read_bytes()
+    moov = video.find(b"moov")
+    cases = {
+        "text": (b"just a note, not an image\n" * 20, {415}, "text"),
+        "truncated_dicom": (_truncated_dicom(), {422}, ""),
+        "zip_bomb": (_zip_bomb(), {413}, "zip bomb"),
+        "oversized": (np.random.default_rng(0).bytes((served.max_upload_mb + 1) << 20), {413}, "limit"),
+        "huge_dims": (_huge_dicom(tmp_path), {413}, ""),
+        "video_no_frames": (video[: max(moov, 64)], {415, 422}, ""),
+        "empty": (b"", {422}, "empty"),
+    }
+    for name, (content, statuses, words) in cases.items():
+        response = _post(served, "/search", content=content)
+        assert response.status_code in statuses, (name, response.status_code, response.text)
+        reason = response.json()["error"]
+        assert reason and words in reason, (name, reason)
+        assert "/tmp" not in reason, (name, reason)
+    good = _search(served, served.queries["jpeg_copy"], k=2)
+    assert len(good["hits"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("form", "words"),
+    [
+        ({"k": 0}, "k must be"),
+        ({"k": 10_000}, "k must be"),
+        ({"level": "patient"}, "level"),
+        ({"modality": 'ct" or level != "x'}, "modality"),
+    ],
+)
+def test_bad_parameters_are_400(served: Served, form: dict, words: str) -> None:
+    response = _post(served, "/search", served.queries["png_noisy"], **form)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+
+
+def test_concurrent_searches_share_the_encoder(served: Served) -> None:
+    """Concurrent requests all succeed through the batchable encode API (and each gets its own answer)."""
+    names = ["jpeg_copy", "png_noisy", "nifti", "video"] * 2
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: _search(served, served.queries[n], k=1), names))
+    kinds = [r["query"]["kind"] for r in results]
+    assert kinds == ["image", "image", "volume", "video"] * 2
