@@ -158,6 +158,44 @@ def cmd_search(params: Params, args: argparse.Namespace) -> None:
         print(f"grid: {args.grid}")
 
 
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.eval.evaluate_stage import COMPARISON, evaluate_stage
+    from m3ret.models.embeddings import EmbeddingSet
+    from m3ret.models.encoder import load_encoder
+
+    encoder = load_encoder(params.embed.encoder)
+    if args.bench:
+        _evaluate_bench(params, args.bench, encoder)
+        return
+    embeddings = EmbeddingSet.load(params.embed.out)
+    index = _index(params)
+    try:
+        collection = index.collection_name(embeddings.model_version)
+        report = evaluate_stage(
+            index, collection, embeddings, Path(params.preprocess.out), encoder, params.evaluate, params.preprocess.size
+        )
+    finally:
+        index.close()
+    print((Path(params.evaluate.out) / COMPARISON).read_text())
+    print(f"gate: {report['reason']}; alias {params.index.alias} -> {report['published']}")
+
+
+def _evaluate_bench(params: Params, bench: Path, encoder) -> None:
+    """`m3ret evaluate --bench DIR|FILE.npz`: the encoder and the two floors on a labeled benchmark, no gate."""
+    import dataclasses
+    import tempfile
+
+    from m3ret.eval.index_evaluation import evaluate_benchmark, format_comparison, write_evaluation_outputs
+
+    with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
+        index_cfg = dataclasses.replace(params.index, uri=str(Path(scratch) / "bench.db"))
+        results = evaluate_benchmark(bench, encoder, params.evaluate, index_cfg, params.preprocess.size)
+    out = Path(params.evaluate.out) / f"bench-{bench.stem}"
+    write_evaluation_outputs(results, out)
+    print(format_comparison(results))
+    print(f"metrics: {out / 'metrics.json'}")
+
+
 def cmd_drift(params: Params, args: argparse.Namespace) -> None:
     from m3ret.models.embeddings import EmbeddingSet
     from m3ret.monitoring.drift import drift_stage
@@ -191,6 +229,7 @@ COMMANDS = {
     "embed": (cmd_embed, "frame and series embeddings of every stored frame with the pretrained encoder"),
     "index": (cmd_index, "build the model version's Milvus collection from the embeddings (not yet published)"),
     "search": (cmd_search, "find the items most similar to a file (image, DICOM file or series folder, NIfTI, video)"),
+    "evaluate": (cmd_evaluate, "retrieval metrics through the index with baselines; the gate publishes the collection"),
     "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
     "serve-import": (cmd_serve_import, "put embed.encoder into the BentoML model store for the retrieval service"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
@@ -203,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
     commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    commands["evaluate"].add_argument(
+        "--bench", type=Path, default=None, help="only this labeled folder or MedMNIST npz (no gate, no publish)"
+    )
     search = commands["search"]
     search.add_argument("file", type=Path, help="image, DICOM file or series folder, NIfTI or video")
     search.add_argument("--k", type=int, default=10, help="number of hits (default 10)")

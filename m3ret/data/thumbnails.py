@@ -28,7 +28,7 @@ def to_png(frame: np.ndarray, size: int) -> bytes:
 
 
 class Thumbnails:
-    """`png(item_id, frame_index)`: an item's stored frame as a `size` px PNG.
+    """`png(item_id, frame_index)`: an item's stored frame as a `size` px PNG (`frame`: the array itself).
 
     `frame_index` is the frame's index within its item as stored in the index (`frame_index` field): a video's
     sampled frame, a volume's slice in its first stored plane. None picks the item's middle stored frame.
@@ -46,6 +46,10 @@ class Thumbnails:
 
     def png(self, item_id: str, frame_index: int | None = None) -> bytes:
         """PNG bytes; KeyError naming the item (or the frame) when the store does not hold it."""
+        return to_png(self.frame(item_id, frame_index), self.size)
+
+    def frame(self, item_id: str, frame_index: int | None = None) -> np.ndarray:
+        """The stored frame uint8 [S, S, 3]; KeyError naming the item (or the frame) when the store lacks it."""
         ids = self._frames_of.get(item_id)
         if ids is None:
             raise KeyError(f"item {item_id!r} is not in the frame store")
@@ -56,4 +60,4 @@ class Thumbnails:
             if not len(match):
                 raise KeyError(f"item {item_id!r} has no stored frame {frame_index}")
             frame_id = match[0]
-        return to_png(self.store.get([int(frame_id)])[0], self.size)
+        return self.store.get([int(frame_id)])[0]

@@ -1,7 +1,9 @@
-"""A labeled benchmark folder (medbench layout: manifest.csv + images) decoded into memory; encoders evaluated on it.
+"""A labeled benchmark (a medbench-layout folder or a MedMNIST npz) decoded into memory; encoders evaluated on it.
 
-manifest.csv has one row per image: dataset, path (relative to the folder), label, group_id, role (query/gallery),
-and optionally modality. Every image is letterboxed to S x S RGB uint8 so any encoder input size can be served.
+A folder's manifest.csv has one row per image: dataset, path (relative to the folder), label, group_id, role
+(query/gallery), and optionally modality. A MedMNIST npz follows the MedMNIST protocol: test images are queries,
+train images the gallery, val is not used; every image is its own group. Every image is letterboxed to S x S RGB
+uint8 so any encoder input size can be served.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from m3ret.config import ReadConfig
 from m3ret.data.errors import InputError, UnreadableInputError
 from m3ret.data.image_reader import read_image
+from m3ret.data.medmnist_reader import iter_medmnist
 from m3ret.data.preprocess import to_rgb
 from m3ret.data.resize import letterbox
 from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings
@@ -77,7 +80,7 @@ def _decode_all(paths: list[str], size: int, workers: int, desc: str) -> tuple[n
         try:
             # the pipeline's own reader and frame preparation, so benchmark images look like the training frames
             frames, _meta = read_image(Path(paths[i]), _READ)
-            images[i] = to_rgb(letterbox(frames[0], size)[None], "replicate")[0]
+            images[i] = _frame_to_rgb(frames[0], size)
         except InputError as err:
             return err.reason
         return None
@@ -90,8 +93,28 @@ def _decode_all(paths: list[str], size: int, workers: int, desc: str) -> tuple[n
     return images, reasons
 
 
+def _frame_to_rgb(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H,W,1|3] -> letterboxed uint8 [size,size,3], as the pipeline prepares a frame."""
+    return to_rgb(letterbox(frame, size)[None], "replicate")[0]
+
+
+def _load_medmnist(path: Path, size: int) -> BenchmarkFolder:
+    """A MedMNIST npz as a benchmark: test -> query, train -> gallery, val skipped; a 3D cube is represented by its
+    middle slice (the benchmark holds one image per item). dataset = file stem, group_id = the entry itself."""
+    rows, images = [], []
+    for entry, frames, meta in iter_medmnist(path):
+        if meta["subset"] == "val":
+            continue
+        images.append(_frame_to_rgb(frames[len(frames) // 2], size))
+        rows.append((path.stem, f"{path}:{entry}", meta["label"], entry, meta["role"], meta["modality"]))
+    table = pd.DataFrame(rows, columns=[*REQUIRED_COLUMNS, "modality"])
+    stack = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return BenchmarkFolder(path, table, stack)
+
+
 def load_benchmark_folder(root: Path, size: int, workers: int = 2, cache_dir: Path | None = None) -> BenchmarkFolder:
-    """Read `root`/manifest.csv and decode every image letterboxed to `size` (uint8 [N,size,size,3]).
+    """Read `root`/manifest.csv and decode every image letterboxed to `size` (uint8 [N,size,size,3]); `root` may
+    also be a MedMNIST .npz file (module docstring), which is decoded directly (small files, no cache).
 
     Unreadable images are dropped with one warning listing each file and reason. With `cache_dir`, the decoded
     array is stored as .npy keyed by a hash of (manifest content, root, size); a later load memory-maps it
@@ -99,6 +122,8 @@ def load_benchmark_folder(root: Path, size: int, workers: int = 2, cache_dir: Pa
     are not seen: clear the cache or change the manifest).
     """
     root = Path(root).resolve()
+    if root.suffix == ".npz":
+        return _load_medmnist(root, size)
     table = _read_manifest(root)
     cache_base = None
     if cache_dir is not None:
@@ -137,15 +162,12 @@ def _warn_dropped(dropped: list, cached: bool) -> None:
         warnings.warn(f"dropped {len(dropped)} unreadable image(s){origin}:\n{listing}", stacklevel=3)
 
 
-def evaluate_encoder(
-    embed_fn: Callable[[np.ndarray], np.ndarray], bench: BenchmarkFolder, batch_size: int = 256
-) -> RetrievalResult:
-    """embed_fn: uint8 [B,S,S,3] -> L2-normalised [B,D]; run over bench.images in batches, then the medbench
-    protocol (`evaluate_embeddings`) with the folder's labels, groups, roles and datasets."""
+def embed_images(embed_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """embed_fn: uint8 [B,S,S,3] -> [B,D], run over images uint8 [N,S,S,3] in batches -> L2-normalised float32 [N,D]."""
     chunks = []
-    for start in range(0, len(bench.images), batch_size):
+    for start in range(0, len(images), batch_size):
         # A copy: cached images are a read-only memmap, and embed_fn may hand the batch to torch or edit it.
-        batch = np.array(bench.images[start : start + batch_size])
+        batch = np.array(images[start : start + batch_size])
         emb = np.asarray(embed_fn(batch), dtype=np.float32)
         if emb.ndim != 2 or len(emb) != len(batch):
             raise ValueError(f"embed_fn returned shape {emb.shape} for a batch of {len(batch)} images; expected [B,D]")
@@ -153,6 +175,15 @@ def evaluate_encoder(
     emb = np.concatenate(chunks)
     # Cosine needs unit vectors; renormalising is a no-op for a conforming embed_fn and guards against drift.
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb
+
+
+def evaluate_encoder(
+    embed_fn: Callable[[np.ndarray], np.ndarray], bench: BenchmarkFolder, batch_size: int = 256
+) -> RetrievalResult:
+    """embed_fn: uint8 [B,S,S,3] -> L2-normalised [B,D]; run over bench.images in batches (`embed_images`), then the
+    medbench protocol (`evaluate_embeddings`) with the folder's labels, groups, roles and datasets."""
+    emb = embed_images(embed_fn, bench.images, batch_size)
     t = bench.table
     return evaluate_embeddings(
         emb, t["label"].to_numpy(), t["group_id"].to_numpy(), t["role"].to_numpy(), t["dataset"].to_numpy()

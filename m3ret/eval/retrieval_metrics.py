@@ -131,7 +131,7 @@ def retrieval_metrics(
     return out
 
 
-def _count_relevant(
+def count_relevant(
     q_labels: np.ndarray, q_groups: np.ndarray, g_labels: np.ndarray, g_groups: np.ndarray
 ) -> np.ndarray:
     """[Q] gallery items sharing the query's label, minus those of the query's own group (they are dropped)."""
@@ -172,7 +172,7 @@ def evaluate_embeddings(
             warnings.warn(f"dataset {name!r} skipped: {qm.sum()} queries, {gm.sum()} gallery items", stacklevel=2)
             continue
         topk = rank_gallery(emb[qm], emb[gm], groups[qm], groups[gm], k)
-        n_rel = _count_relevant(labels[qm], groups[qm], labels[gm], groups[gm])
+        n_rel = count_relevant(labels[qm], groups[qm], labels[gm], groups[gm])
         metrics = retrieval_metrics(topk, labels[qm], labels[gm], ks=ks, n_relevant=n_rel)
         per_dataset[name] = {**metrics, "n_query": float(qm.sum()), "n_gallery": float(gm.sum())}
     if not per_dataset:

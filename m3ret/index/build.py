@@ -11,17 +11,15 @@ log = logging.getLogger(__name__)
 
 
 def build_collection(index: MilvusIndex, embeddings: EmbeddingSet) -> str:
-    """Create (or complete) the collection of `embeddings.model_version` and return its name; nothing is published.
+    """Create (or bring up to date) the collection of `embeddings.model_version`; returns its name. Nothing is
+    published here: the evaluation gate decides that.
 
-    Rows have stable ids, so a build interrupted half-way is finished by running it again, and a complete one is
-    left as it is (its row count already matches).
+    The same model version can meet new metadata (a changed split, new items), so every row is upserted. Rows have
+    stable ids, so a build interrupted half-way is finished by running it again, with no row twice. Rows of items
+    that left the data are removed by the refresh flow (`m3ret.refresh`), which also owns the items it added.
     """
     rows, vectors = embeddings.index_rows()
     name = index.ensure_collection(embeddings.model_version, vectors.shape[1])
-    have = index.count(name) if index.client.has_collection(name) else 0
-    if have == len(rows):
-        log.info("collection %s already holds its %d rows", name, have)
-        return name
     index.write(rows, vectors, collection=name)
     log.info(
         "collection %s: %d rows (%d frames, %d series)", name, len(rows), len(embeddings.frames), len(embeddings.items)

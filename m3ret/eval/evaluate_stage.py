@@ -1,0 +1,157 @@
+"""The evaluate stage: the candidate collection measured through Milvus, baselines beside it, the gate, the swap.
+
+What is measured: the pipeline's own query split against its gallery split (relevance: `evaluate.label_column`,
+the modality by default), and, with `evaluate.bench`, a labeled benchmark folder or MedMNIST npz (relevance: its
+labels). The gate compares the candidate's mean mAP@10 (the benchmark's when there is one: labels written by people
+are the better judge) with the published model's, and only a passing candidate gets the alias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from m3ret.config import EvaluateConfig
+from m3ret.data.frame_store import FrameStore
+from m3ret.data.thumbnails import Thumbnails
+from m3ret.eval.baselines import raw_pixel_embeddings
+from m3ret.eval.gate import decide_gate, record_published
+from m3ret.eval.index_evaluation import (
+    IndexEvaluation,
+    benchmark_grid_rows,
+    evaluate_benchmark,
+    evaluate_in_index,
+    evaluate_vectors_in_index,
+    format_comparison,
+    write_evaluation_outputs,
+)
+from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings
+from m3ret.index.milvus_index import MilvusIndex, is_server_uri
+from m3ret.models.embeddings import EmbeddingSet, item_vectors
+from m3ret.models.encoder import Encoder, build_encoder
+
+GATE_REPORT, COMPARISON = "gate.json", "comparison.md"
+log = logging.getLogger(__name__)
+
+
+def _baseline_item_vectors(frames_dir: Path, embeddings: EmbeddingSet, encoder: Encoder) -> dict[str, np.ndarray]:
+    """Item vectors [M, D'] (rows in `embeddings.items` order) of the two floors: raw pixels and a randomly
+    initialised encoder of the same architecture, each the renormalised mean over the item's frames."""
+    store = FrameStore(frames_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        random = build_encoder(encoder.cfg).eval()
+    per_frame: dict[str, list[np.ndarray]] = {"raw pixels": [], "random init": []}
+    for start in range(0, len(store), 1024):
+        frames = store.get(np.arange(start, min(start + 1024, len(store))))
+        per_frame["raw pixels"].append(raw_pixel_embeddings(frames))
+        per_frame["random init"].append(random.embed(frames).numpy())
+    order = embeddings.items["item_id"].to_numpy()
+    out = {}
+    for name, chunks in per_frame.items():
+        ids, vectors = item_vectors(np.concatenate(chunks), store.table["item_id"].to_numpy())
+        out[name] = vectors[pd.Index(ids).get_indexer(order)]
+    return out
+
+
+def _scratch_index(index: MilvusIndex, folder: str):
+    """Where throw-away baseline collections go: the same server, or a Lite file of their own (a Lite file admits
+    one client per process and closing it stops its server)."""
+    if is_server_uri(index.cfg.uri):
+        return index.cfg
+    return dataclasses.replace(index.cfg, uri=str(Path(folder) / "scratch.db"))
+
+
+def evaluate_splits(
+    index: MilvusIndex,
+    collection: str,
+    embeddings: EmbeddingSet,
+    frames_dir: Path,
+    encoder: Encoder,
+    cfg: EvaluateConfig,
+) -> tuple[dict[str, IndexEvaluation], list[GridRow]]:
+    """The pipeline's query items searched in `collection` (series level, gallery split); with `cfg.baselines`
+    the floors on the same items. Empty when the splits hold no query or no gallery item."""
+    items = embeddings.items.reset_index(drop=True)
+    queries, gallery = (items["split"] == "query").to_numpy(), (items["split"] == "gallery").to_numpy()
+    if not queries.any() or not gallery.any():
+        log.warning(
+            "evaluate: the splits hold %d query and %d gallery items; nothing to rank", queries.sum(), gallery.sum()
+        )
+        return {}, []
+    vectors = embeddings.item_vectors
+    k, label = cfg.k, cfg.label_column
+    results = {
+        "encoder": evaluate_in_index(
+            index, collection, items[queries], vectors[queries], items[gallery], vectors[gallery], k, label
+        )
+    }
+    if cfg.baselines:
+        with tempfile.TemporaryDirectory(prefix="m3ret-eval-") as scratch:
+            for name, floor in _baseline_item_vectors(frames_dir, embeddings, encoder).items():
+                version = "eval_" + name.replace(" ", "")
+                results[name] = evaluate_vectors_in_index(
+                    _scratch_index(index, scratch), items, floor, k, label, version
+                )
+    thumbnails = Thumbnails(frames_dir, size=96)
+    q_ids, g_ids = items.loc[queries, "item_id"].to_numpy(), items.loc[gallery, "item_id"].to_numpy()
+    grid = grid_rows_from_rankings(
+        items[queries],
+        items[gallery],
+        results["encoder"].topk,
+        results["encoder"].scores,
+        lambda i: thumbnails.frame(str(q_ids[i])),
+        lambda j: thumbnails.frame(str(g_ids[j])),
+        per_dataset=cfg.grid_queries,
+        label_column=label,
+    )
+    return results, grid
+
+
+def evaluate_stage(
+    index: MilvusIndex,
+    collection: str,
+    embeddings: EmbeddingSet,
+    frames_dir: Path,
+    encoder: Encoder,
+    cfg: EvaluateConfig,
+    size: int,
+) -> dict[str, Any]:
+    """Measure `collection`, decide the gate, publish it when it passes; writes `cfg.out` (metrics.json,
+    per_dataset.csv, retrieval_grid.png, gate.json, comparison.md). Returns the gate report."""
+    splits, grid = evaluate_splits(index, collection, embeddings, frames_dir, encoder, cfg)
+    bench: dict[str, IndexEvaluation] = {}
+    if cfg.bench:
+        with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
+            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, _scratch_index(index, scratch), size)
+        grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, size)
+    results = {f"splits {name}": value for name, value in splits.items()}
+    results.update({f"bench {name}": value for name, value in bench.items()})
+    if not results:
+        raise ValueError("evaluate: no query/gallery items in the splits and no evaluate.bench: nothing to measure")
+    judge = "bench encoder" if cfg.bench else "splits encoder"
+    candidate = results[judge].result.mean["mAP@10"]
+    decision = decide_gate(candidate, Path(cfg.gate_file), cfg.gate_min_ratio)
+    if decision.passed:
+        index.publish(collection)
+        record_published(Path(cfg.gate_file), collection, embeddings.model_version, candidate)
+    out = Path(cfg.out)
+    write_evaluation_outputs(results, out, grid)
+    tables = [(f"pipeline splits (relevance: {cfg.label_column})", splits), (f"benchmark {cfg.bench}", bench)]
+    (out / COMPARISON).write_text("".join(f"## {t}\n\n{format_comparison(r)}\n\n" for t, r in tables if r))
+    report = {
+        **dataclasses.asdict(decision),
+        "judged_by": judge,
+        "collection": collection,
+        "published": index.current(),
+    }
+    (out / GATE_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
