@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from m3ret.config import ConfigError, Params, load_params, profile_names
@@ -152,10 +153,25 @@ def cmd_search(params: Params, args: argparse.Namespace) -> None:
         print(f"{args.file}: {query.meta.get('kind')}, {len(query.frames)} frame(s); top {len(results)}")
         print(pd.DataFrame(results).to_string(index=False) if results else "no hits")
     if args.grid:
-        from m3ret.eval.retrieval_grid import search_grid
+        _search_grid(params, args, query, hits)
 
-        search_grid(query, hits, Path(params.preprocess.out), Path(args.grid))
-        print(f"grid: {args.grid}")
+
+def _search_grid(params: Params, args: argparse.Namespace, query, hits) -> None:
+    """The query (as the model sees it) and its hits (their stored frames) in one picture."""
+    from m3ret.data.thumbnails import Thumbnails
+    from m3ret.eval.retrieval_grid import retrieval_grid
+
+    thumbnails = Thumbnails(Path(params.preprocess.out), params.preprocess.size)
+    cells = []
+    for hit in hits:
+        frame_index = hit.fields["frame_index"] if hit.fields["level"] == "frame" else None
+        try:
+            image = thumbnails.frame(hit.fields["item_id"], frame_index)
+        except KeyError:  # indexed by a refresh batch, not in the pipeline's frame store
+            image = np.zeros((params.preprocess.size, params.preprocess.size, 3), np.uint8)
+        cells.append((image, f"{hit.score:.3f} {hit.fields['modality']}\n{hit.fields['dataset']}"))
+    retrieval_grid([(query.preview(), f"query\n{args.file.name}", cells)], args.grid)
+    print(f"grid: {args.grid}")
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
