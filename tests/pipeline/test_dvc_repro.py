@@ -82,3 +82,33 @@ def test_outputs_round_trip_through_the_remote(repo: Path, tmp_path: Path) -> No
     _run(["dvc", "pull", "preprocess", "split"], repo)
     pd.testing.assert_frame_equal(pd.read_parquet(repo / "data/splits.parquet"), before)
     assert len(FrameStore(repo / "data/frames")) > 0
+
+
+def test_full_pipeline_trains_indexes_evaluates_and_serves_search(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"].update(epochs=1.0, batch_size=32, checkpoint_every=1000)
+    params["pretrain"]["model"].update(img_size=32, patch_size=8)
+    params["drift"].update(min_rows=16)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], repo)
+
+    embed = json.loads((repo / "reports/embed.json").read_text())
+    index = json.loads((repo / "reports/index.json").read_text())
+    assert index["collection"] == f"m3ret_{embed['model_version']}"
+    assert index["rows"] == embed["frames"] + embed["items"]
+    gate = json.loads((repo / "reports/evaluate/gate.json").read_text())
+    assert gate["passed"] and gate["published"] == index["collection"]
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert {"splits_encoder/mAP@10", "splits_raw_pixels/mAP@10", "splits_random_init/mAP@10"} <= set(metrics)
+    assert (repo / "reports/evaluate/retrieval_grid.png").stat().st_size > 0
+    drift = json.loads((repo / "reports/drift/drift.json").read_text())
+    assert drift["scopes"][0]["scope"] == "all" and (repo / "reports/drift/drift.html").exists()
+
+    # a file that is in the index comes back first, through the alias, with its stored metadata
+    manifest = pd.read_parquet(repo / "data/manifest.parquet")
+    image = manifest[manifest.kind == "image"].iloc[0]
+    out = _run(["m3ret", "search", image.path, "--k", "3", "--json", "--grid", "grid.png"], repo)
+    hits = json.loads(out[out.index("{") : out.rindex("}") + 1])["hits"]
+    assert hits[0]["item_id"] == image.item_id and hits[0]["score"] > 0.999
+    assert (repo / "grid.png").exists()
+    assert "up to date" in _run(["dvc", "status"], repo).lower()
