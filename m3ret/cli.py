@@ -30,7 +30,7 @@ def _write_json(path: str | Path, data: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _salt(params: Params) -> bytes:
+def id_salt(params: Params) -> bytes:
     from m3ret.data.phi import load_or_create_salt
 
     from_env = os.environ.get(SALT_ENV, "")
@@ -49,7 +49,7 @@ def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
 
     if not params.ingest.sources:
         raise ConfigError("ingest.sources is empty: list at least one folder or file")
-    manifest, quarantine = ingest(params.ingest, params.read, _salt(params))
+    manifest, quarantine = ingest(params.ingest, params.read, id_salt(params))
     summary = ingest_summary(manifest, quarantine)
     _write_json("reports/ingest.json", summary)
     print(f"ingest: {summary['items']} items ({summary['frames']} frames), {summary['quarantined']} quarantined")
@@ -230,6 +230,13 @@ def cmd_serve_import(params: Params, args: argparse.Namespace) -> None:
     print(f"imported into the BentoML model store as {import_encoder(Path(params.embed.encoder), params)}")
 
 
+def cmd_flows(params: Params, args: argparse.Namespace) -> None:
+    from flows.__main__ import main as flows_main  # the CLI is a shell: it may reach the flows glue, m3ret may not
+
+    rest = args.rest if "--params" in args.rest else [*args.rest, "--params", args.params]
+    flows_main(rest)
+
+
 def cmd_profile(params: Params, args: argparse.Namespace) -> None:
     from m3ret.config import profile_overrides
 
@@ -248,6 +255,7 @@ COMMANDS = {
     "evaluate": (cmd_evaluate, "retrieval metrics through the index with baselines; the gate publishes the collection"),
     "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
     "serve-import": (cmd_serve_import, "put embed.encoder into the BentoML model store for the retrieval service"),
+    "flows": (cmd_flows, "`m3ret flows serve [--interval-seconds N] [--only refresh,drift]`: the scheduled flows"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 
@@ -258,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
     commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    commands["flows"].add_argument("rest", nargs=argparse.REMAINDER, help="serve [options]: see python -m flows -h")
     commands["evaluate"].add_argument(
         "--bench", type=Path, default=None, help="only this labeled folder or MedMNIST npz (no gate, no publish)"
     )

@@ -140,8 +140,8 @@ def evaluate_stage(
     judge = "bench encoder" if cfg.bench else "splits encoder"
     candidate = results[judge].result.mean["mAP@10"]
     decision = decide_gate(candidate, Path(cfg.gate_file), cfg.gate_min_ratio)
+    dropped = index.publish(collection) if decision.passed else []
     if decision.passed:
-        index.publish(collection)
         record_published(Path(cfg.gate_file), collection, embeddings.model_version, candidate)
     out = Path(cfg.out)
     write_evaluation_outputs(results, out, grid)
@@ -152,6 +152,7 @@ def evaluate_stage(
         "judged_by": judge,
         "collection": collection,
         "published": index.current(),
+        "dropped": dropped,
     }
     (out / GATE_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

@@ -1,0 +1,79 @@
+"""The refresh flow: gate and publish a new model when there is one, then index the sources' new and changed files.
+
+Thin glue: each task is one m3ret.refresh call; what passes between tasks is small (paths, ids, counts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from m3ret.cli import MILVUS_TOKEN_ENV, id_salt
+from m3ret.config import ConfigError, load_params
+from m3ret.refresh import ModelVersionError, new_model_version, rebuild_for_new_model, refresh
+
+
+def milvus_token() -> str:
+    """The Milvus token from the environment ("" when unset: then `index.token` from params applies)."""
+    return os.environ.get(MILVUS_TOKEN_ENV, "")
+
+
+def transient(task: Any, task_run: TaskRun, state: State) -> bool:
+    """Retry I/O failures, not a broken configuration or a model that must be gated first."""
+    return not isinstance(state.data, ConfigError | ModelVersionError | FileNotFoundError)
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def publish_new_model(params_path: str) -> dict[str, Any] | None:
+    """When the encoder is a new model: build its collection, run the evaluation gate, publish if it passes."""
+    params = load_params(params_path)
+    token = milvus_token()
+    if new_model_version(params, token) is None:
+        return None
+    return rebuild_for_new_model(params, token).to_dict()
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def refresh_index(params_path: str, state_dir: str) -> dict[str, Any]:
+    """New and changed source files into the published collection (upserts are idempotent, so a retry is safe)."""
+    params = load_params(params_path)
+    return refresh(params, id_salt(params), Path(state_dir), milvus_token()).to_dict()
+
+
+def refresh_markdown(rebuild: dict[str, Any] | None, report: dict[str, Any] | None) -> str:
+    lines = ["# m3ret refresh", ""]
+    if rebuild:
+        verdict = "passed: published" if rebuild["published"] else "failed: not published, refresh skipped"
+        lines += [f"New model `{rebuild['model_version']}` ({rebuild['collection']}): gate {verdict}.", ""]
+    if report:
+        lines += [
+            f"Batch `{report['batch']}`, model `{report['model_version']}`.",
+            "",
+            "| added | skipped | quarantined | deleted |",
+            "| --- | --- | --- | --- |",
+            f"| {len(report['added'])} | {report['skipped']} | {len(report['quarantined'])} "
+            f"| {len(report['deleted'])} |",
+        ]
+        if report["quarantined"]:
+            lines += ["", "| quarantined file | reason |", "| --- | --- |"]
+            lines += [f"| `{path}` | {reason} |" for path, reason in report["quarantined"]]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="m3ret-refresh", log_prints=True)
+def refresh_flow(params_path: str = "params.yaml", state_dir: str = "data/refresh") -> dict[str, Any]:
+    """Publish a new model if its gate passes, then index new/changed files; returns {"rebuild", "refresh"}."""
+    rebuild = publish_new_model(params_path)
+    report = None if rebuild and not rebuild["published"] else refresh_index(params_path, state_dir)
+    create_markdown_artifact(markdown=refresh_markdown(rebuild, report), key="m3ret-refresh")
+    if report:
+        print(f"refresh: {len(report['added'])} added, {report['skipped']} skipped, "
+              f"{len(report['quarantined'])} quarantined, {len(report['deleted'])} deleted")  # fmt: skip
+    return {"rebuild": rebuild, "refresh": report}

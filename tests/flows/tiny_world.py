@@ -1,0 +1,97 @@
+"""A tiny pipeline world for the flows tests: a PNG source folder, params.yaml under one root, the pipeline's stages
+run by library calls, and the model's collection in a Milvus Lite file."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+from m3ret.config import Params, load_params
+from m3ret.data.ingest import ingest
+from m3ret.data.preprocess import preprocess
+from m3ret.data.splits import make_splits, write_splits
+from m3ret.index.build import build_collection
+from m3ret.index.milvus_index import MilvusIndex
+from m3ret.models.embeddings import EmbeddingSet, embed_stage
+
+SALT = b"flows-tests-salt-0123456789abcdef"
+SIZE = 32
+# enough reference items (pretrain + gallery splits) for a drift test: Evidently needs at least 16 rows a side
+N_IMAGES = 24
+
+
+def write_png(path: Path, seed: int) -> Path:
+    """A 40x40 greyscale picture of its own: stripes of a seed-given period and angle over seeded noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:40, 0:40]
+    angle = rng.uniform(0, np.pi)
+    stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(0.2, 1.2))
+    pixels = 127 + 90 * stripes + rng.normal(0, 20, size=stripes.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def tiny_params() -> dict:
+    """params.yaml content sized for seconds on a loaded CPU; paths are relative to the world's folder (the working
+    directory of whatever runs in it), so a built world can be copied whole."""
+    return {
+        "ingest": {
+            "sources": [{"path": "source", "dataset": "tiny", "modality": "xray"}],
+            "out": "data/manifest.parquet",
+            "quarantine": "reports/quarantine.csv",
+            "cache_dir": "data/cache/ingest",
+            "salt_file": "data/id_salt",
+            "workers": 1,
+        },
+        "preprocess": {"out": "data/frames", "size": SIZE, "workers": 1},
+        "split": {"out": "data/splits.parquet", "gallery_frac": 0.3, "query_frac": 0.2},
+        "pretrain": {
+            "objective": "mae",
+            "model": {"name": "vit_tiny_patch16_224", "img_size": SIZE, "patch_size": 8},
+            "epochs": 1,
+            "batch_size": 4,
+            "workers": 0,
+            "log_every": 1,
+            "checkpoint_every": 100,
+        },
+        "embed": {"workers": 0},
+        "index": {"index_type": "FLAT", "insert_batch": 50},
+        "evaluate": {"baselines": False},
+        "drift": {"min_rows": 16, "max_rows": 200},
+    }
+
+
+def build_world(root: Path, encoder_file: Path, n_images: int = N_IMAGES) -> Path:
+    """In `root`: a source folder of `n_images` PNGs, params.yaml, and the pipeline's stages up to the embed stage
+    run by library calls (nothing in Milvus yet: see `publish`). Returns the params file."""
+    with contextlib.chdir(root):
+        for i in range(n_images):
+            write_png(Path("source") / f"img{i:03d}.png", seed=i)
+        Path("params.yaml").write_text(yaml.safe_dump(tiny_params()))
+        params = load_params("params.yaml")
+        Path(params.embed.encoder).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(encoder_file, params.embed.encoder)
+        manifest, _ = ingest(params.ingest, params.read, SALT)
+        preprocess(manifest, params.preprocess, params.read)
+        write_splits(make_splits(manifest, params.split), params.split.out)
+        splits = pd.read_parquet(params.split.out)
+        embed_stage(params.embed, Path(params.preprocess.out), manifest, splits, params.preprocess, params.read)
+    return root / "params.yaml"
+
+
+def publish(params: Params) -> str:
+    """Build the embed stage output's collection in the world's Milvus Lite file and publish it (run in the world)."""
+    index = MilvusIndex(params.index)
+    try:
+        name = build_collection(index, EmbeddingSet.load(params.embed.out))
+        index.publish(name)
+        return name
+    finally:
+        index.close()
