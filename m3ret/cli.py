@@ -102,16 +102,9 @@ def _index(params: Params):
 
 
 def cmd_embed(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.models.embeddings import embed_stage
+    from m3ret.models.embeddings import embed_pipeline_outputs
 
-    summary = embed_stage(
-        params.embed,
-        Path(params.preprocess.out),
-        pd.read_parquet(params.ingest.out),
-        pd.read_parquet(params.split.out),
-        params.preprocess,
-        params.read,
-    )
+    summary = embed_pipeline_outputs(params)
     _write_json("reports/embed.json", summary)
     print(f"embed: model {summary['model_version']}: {summary['frames']} frames, {summary['items']} items")
 

@@ -29,7 +29,7 @@ from m3ret.data.splits import make_splits
 from m3ret.eval.evaluate_stage import evaluate_stage
 from m3ret.index.build import build_collection
 from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import EmbeddingSet, embed_stage, model_version
+from m3ret.models.embeddings import EmbeddingSet, embed_pipeline_outputs, embed_stage, model_version
 from m3ret.models.encoder import load_encoder
 from m3ret.refresh_ledger import (
     BATCH_REPORT,
@@ -95,14 +95,7 @@ def new_model_version(params: Params, token: str = "") -> str | None:
 def rebuild_for_new_model(params: Params, token: str = "") -> RebuildReport:
     """Embed stage output (computed now unless up to date) -> the new version's collection -> the evaluate stage,
     whose gate publishes it (alias swap, old collections beyond `index.retain` dropped) only when it passes."""
-    embed_stage(
-        params.embed,
-        Path(params.preprocess.out),
-        pd.read_parquet(params.ingest.out),
-        pd.read_parquet(params.split.out),
-        params.preprocess,
-        params.read,
-    )
+    embed_pipeline_outputs(params)
     embeddings = EmbeddingSet.load(params.embed.out)
     encoder = load_encoder(params.embed.encoder)
     index = MilvusIndex(params.index, token)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
 
-from m3ret.config import EmbedConfig, PreprocessConfig, ReadConfig, to_dict
+from m3ret.config import EmbedConfig, Params, PreprocessConfig, ReadConfig, to_dict
 from m3ret.data.frame_store import FrameStore
 from m3ret.index.schema import row_id
 from m3ret.models.encoder import Encoder, load_encoder
@@ -146,6 +146,18 @@ def embed_stage(
     }
     info_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def embed_pipeline_outputs(params: Params) -> dict[str, Any]:
+    """`embed_stage` on the pipeline's own frame store, manifest and splits, where params.yaml puts them."""
+    return embed_stage(
+        params.embed,
+        Path(params.preprocess.out),
+        pd.read_parquet(params.ingest.out),
+        pd.read_parquet(params.split.out),
+        params.preprocess,
+        params.read,
+    )
 
 
 @dataclass
