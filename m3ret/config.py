@@ -315,6 +315,7 @@ class ServeConfig:
     max_upload_mb: int = 512
     max_zip_members: int = 4096
     max_unzipped_mb: int = 2048
+    max_zip_ratio: float = 100.0  # uncompressed / compressed beyond this is a zip bomb (DICOM compresses ~3-10x)
     max_k: int = 100
     thumbnail_size: int = 128
 

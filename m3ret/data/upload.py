@@ -20,9 +20,6 @@ from m3ret.config import ServeConfig
 from m3ret.data.errors import InputTooLargeError, UnreadableInputError, UnsupportedInputError
 
 MB = 1 << 20
-# Uncompressed / compressed size above which an archive is treated as a zip bomb. DICOM slices with much air
-# compress about 3-10x; a bomb's ratio is in the hundreds to millions.
-MAX_COMPRESSION_RATIO = 100.0
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # A suffix kept from the client's file name (`.nii.gz`, `.dcm`): letters and digits only, never a path.
 _SAFE_SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,8}){1,2}$")
@@ -88,8 +85,10 @@ def _checked_members(archive: zipfile.ZipFile, filename: str, cfg: ServeConfig) 
         )
     compressed = sum(i.compress_size for i in members)
     ratio = declared / max(compressed, 1)
-    if ratio > MAX_COMPRESSION_RATIO:
-        raise InputTooLargeError(filename, f"zip compression ratio {ratio:.0f}:1 looks like a zip bomb")
+    if ratio > cfg.max_zip_ratio:
+        raise InputTooLargeError(
+            filename, f"zip compression ratio {ratio:.0f}:1 looks like a zip bomb (limit {cfg.max_zip_ratio:.0f}:1)"
+        )
     return members
 
 
