@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m3ret.config import EvaluateConfig
+from m3ret.config import EvaluateConfig, IndexConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
 from m3ret.eval.baselines import raw_pixel_embeddings
@@ -62,7 +62,7 @@ def _baseline_item_vectors(frames_dir: Path, embeddings: EmbeddingSet, encoder: 
     return out
 
 
-def _scratch_index(index: MilvusIndex, folder: str):
+def _scratch_index(index: MilvusIndex, folder: str) -> IndexConfig:
     """Where throw-away baseline collections go: the same server, or a Lite file of their own (a Lite file admits
     one client per process and closing it stops its server)."""
     if is_server_uri(index.cfg.uri):
