@@ -23,7 +23,14 @@ from m3ret.config import EvaluateConfig, IndexConfig
 from m3ret.eval.baselines import raw_pixel_embeddings
 from m3ret.eval.benchmark_folder import embed_images, load_benchmark_folder
 from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings, retrieval_grid
-from m3ret.eval.retrieval_metrics import RetrievalResult, count_relevant, rank_gallery, retrieval_metrics
+from m3ret.eval.retrieval_metrics import (
+    RetrievalResult,
+    count_relevant,
+    mean_over_datasets,
+    rank_gallery,
+    report_ks,
+    retrieval_metrics,
+)
 from m3ret.index.filters import SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
 from m3ret.models.embeddings import index_table
@@ -134,7 +141,7 @@ def evaluate_in_index(
     positions = pd.Series(np.arange(len(g)), index=g["item_id"].astype(str))
     if not positions.index.is_unique:
         raise ValueError("gallery item_id values must be unique")
-    ks = tuple(sorted({kk for kk in (1, 5, 10) if kk <= k} | {min(k, 10)}))
+    ks = report_ks(k)
 
     topk = np.full((len(q), k), -1, dtype=np.int64)
     scores = np.full((len(q), k), np.nan, dtype=np.float32)
@@ -158,8 +165,7 @@ def evaluate_in_index(
         evaluated[qi] = True
     if not per_dataset:
         raise ValueError("no dataset has both queries and gallery items")
-    metric_keys = [key for key in next(iter(per_dataset.values())) if not key.startswith("n_")]
-    mean = {key: float(np.mean([m[key] for m in per_dataset.values()])) for key in metric_keys}
+    mean = mean_over_datasets(per_dataset)
 
     q_modality, g_modality = q["modality"].astype(str).to_numpy(), g["modality"].astype(str).to_numpy()
     per_modality = {}

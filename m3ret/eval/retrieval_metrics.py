@@ -142,6 +142,17 @@ def count_relevant(
     return (same_label - own_group).astype(np.int64)
 
 
+def report_ks(k: int) -> tuple[int, ...]:
+    """The cut-offs reported for a top-k ranking: 1, 5, 10 where they fit in k, and min(k, 10) for mAP."""
+    return tuple(sorted({kk for kk in (1, 5, 10) if kk <= k} | {min(k, 10)}))
+
+
+def mean_over_datasets(per_dataset: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Unweighted mean of each metric over datasets (counts, keys "n_*", are not averaged)."""
+    metric_keys = [key for key in next(iter(per_dataset.values())) if not key.startswith("n_")]
+    return {key: float(np.mean([m[key] for m in per_dataset.values()])) for key in metric_keys}
+
+
 def evaluate_embeddings(
     emb: np.ndarray,
     labels: np.ndarray,
@@ -163,7 +174,7 @@ def evaluate_embeddings(
     unknown = sorted(set(roles.tolist()) - {"query", "gallery"})
     if unknown:
         raise ValueError(f"roles must be 'query' or 'gallery', got {unknown}")
-    ks = tuple(sorted({kk for kk in (1, 5, 10) if kk <= k} | {min(k, 10)}))
+    ks = report_ks(k)
     per_dataset: dict[str, dict[str, float]] = {}
     for name in sorted(set(datasets.tolist())):
         qm = (datasets == name) & (roles == "query")
@@ -177,8 +188,7 @@ def evaluate_embeddings(
         per_dataset[name] = {**metrics, "n_query": float(qm.sum()), "n_gallery": float(gm.sum())}
     if not per_dataset:
         raise ValueError("no dataset has both queries and gallery items")
-    metric_keys = [key for key in next(iter(per_dataset.values())) if not key.startswith("n_")]
-    mean = {key: float(np.mean([m[key] for m in per_dataset.values()])) for key in metric_keys}
+    mean = mean_over_datasets(per_dataset)
     return RetrievalResult(per_dataset=per_dataset, mean=mean)
 
 
