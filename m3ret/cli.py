@@ -88,7 +88,7 @@ def cmd_pretrain(params: Params, args: argparse.Namespace) -> None:
         from m3ret.eval.benchmark_folder import benchmark_evaluator, load_benchmark_folder
 
         bench = load_benchmark_folder(Path(cfg.eval_bench), params.preprocess.size, cache_dir=Path(cfg.eval_cache))
-        evaluate = benchmark_evaluator(bench)
+        evaluate = benchmark_evaluator(bench, params.readout)
     metrics = pretrain(
         cfg, Path(params.preprocess.out), Path(params.split.out), evaluate, cfg.eval_every, max_steps=args.max_steps
     )
@@ -130,7 +130,7 @@ def cmd_search(params: Params, args: argparse.Namespace) -> None:
 
     where = SearchFilter(modality=tuple(args.modality), dataset=tuple(args.dataset), level=args.level)
     where.expression()  # a bad filter value fails before the encoder is loaded
-    query = embed_file(args.file, load_encoder(params.embed.encoder), params.read, params.preprocess)
+    query = embed_file(args.file, load_encoder(params.embed.model), params.read, params.preprocess)
     index = _index(params)
     try:
         hits = search_query(index, query, args.k, where)
@@ -172,7 +172,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     from m3ret.models.embeddings import EmbeddingSet
     from m3ret.models.encoder import load_encoder
 
-    encoder = load_encoder(params.embed.encoder)
+    encoder = load_encoder(params.embed.model)
     if args.bench:
         _evaluate_bench(params, args.bench, encoder)
         return
@@ -181,7 +181,14 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     try:
         collection = index.collection_name(embeddings.model_version)
         report = evaluate_stage(
-            index, collection, embeddings, Path(params.preprocess.out), encoder, params.evaluate, params.preprocess.size
+            index,
+            collection,
+            embeddings,
+            Path(params.preprocess.out),
+            encoder,
+            params.evaluate,
+            params.readout,
+            params.preprocess.size,
         )
     finally:
         index.close()
@@ -198,7 +205,7 @@ def _evaluate_bench(params: Params, bench: Path, encoder) -> None:
 
     with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
         index_cfg = dataclasses.replace(params.index, uri=str(Path(scratch) / "bench.db"))
-        results = evaluate_benchmark(bench, encoder, params.evaluate, index_cfg, params.preprocess.size)
+        results = evaluate_benchmark(bench, encoder, params.evaluate, params.readout, index_cfg, params.preprocess.size)
     out = Path(params.evaluate.out) / f"bench-{bench.stem}"
     write_evaluation_outputs(results, out)
     print(format_comparison(results))
@@ -220,7 +227,7 @@ def cmd_drift(params: Params, args: argparse.Namespace) -> None:
 def cmd_serve_import(params: Params, args: argparse.Namespace) -> None:
     from serving.model_store import import_encoder  # the CLI is a shell: it may reach the serving glue, m3ret may not
 
-    print(f"imported into the BentoML model store as {import_encoder(Path(params.embed.encoder), params)}")
+    print(f"imported into the BentoML model store as {import_encoder(Path(params.embed.model), params)}")
 
 
 def cmd_flows(params: Params, args: argparse.Namespace) -> None:
@@ -247,7 +254,10 @@ COMMANDS = {
     "search": (cmd_search, "find the items most similar to a file (image, DICOM file or series folder, NIfTI, video)"),
     "evaluate": (cmd_evaluate, "retrieval metrics through the index with baselines; the gate publishes the collection"),
     "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
-    "serve-import": (cmd_serve_import, "put embed.encoder into the BentoML model store for the retrieval service"),
+    "serve-import": (
+        cmd_serve_import,
+        "put embed.model (encoder + readout) into the BentoML model store for the service",
+    ),
     "flows": (cmd_flows, "`m3ret flows serve [--interval-seconds N] [--only refresh,drift]`: the scheduled flows"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }

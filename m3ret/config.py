@@ -198,6 +198,8 @@ class OptimConfig:
 class PretrainConfig:
     objective: str = "mae"
     model: ModelConfig = field(default_factory=ModelConfig)
+    # a local timm / safetensors / DINO-style / m3ret checkpoint to start the backbone from ("" = random init)
+    init: str = ""
     mae: MAEConfig = field(default_factory=MAEConfig)
     simdino: SimDINOConfig = field(default_factory=SimDINOConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -223,14 +225,40 @@ class PretrainConfig:
 class EmbedConfig:
     """Frame and item embeddings of every stored frame, with the encoder exported by pretraining.
 
-    `encoder`: the `encoder.pt` written by `m3ret pretrain`; `out`: folder of vectors + metadata tables.
+    `encoder`: the `encoder.pt` written by `m3ret pretrain` (or any file `load_encoder` reads); `model`: the
+    retrieval model this stage writes (the encoder plus the fitted `readout`), which search, serving and refresh
+    load; `out`: folder of vectors + metadata tables.
     """
 
     encoder: str = "models/pretrain/encoder.pt"
+    model: str = "models/retrieval.pt"
     out: str = "data/embeddings"
     batch_size: int = 256
     workers: int = 1  # DataLoader processes reading shards; 0 reads in the main process
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+# -------------------------------------------------------------------------------------------- readout
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """The retrieval vector (m3ret/models/readout.py): `pooling` of the encoder's tokens, '+'-joined parts of
+    cls | mean | grid (a `grid` x `grid` layout of patch-token means), then optional PCA whitening fitted at embed
+    time on the frames of `fit_splits` (never labels), keeping `whiten_dim` components (0: all) with eigenvalue
+    shrinkage `whiten_shrinkage`. Saved with the encoder (`embed.model`), so it is part of the model version.
+    """
+
+    pooling: str = "mean"
+    grid: int = 2
+    whiten: bool = True
+    whiten_dim: int = 0
+    whiten_shrinkage: float = 0.1
+    fit_splits: tuple[str, ...] = ("pretrain", "gallery")
+
+    def __post_init__(self) -> None:
+        if "query" in self.fit_splits:
+            raise ConfigError("readout.fit_splits must not include 'query': queries are never seen before search")
+        if self.whiten_shrinkage < 0 or self.whiten_dim < 0 or self.grid < 1:
+            raise ConfigError("readout: whiten_shrinkage and whiten_dim must be >= 0 and grid >= 1")
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -329,6 +357,7 @@ SECTIONS: dict[str, type] = {
     "split": SplitConfig,
     "pretrain": PretrainConfig,
     "embed": EmbedConfig,
+    "readout": ReadoutConfig,
     "index": IndexConfig,
     "evaluate": EvaluateConfig,
     "drift": DriftConfig,
@@ -408,6 +437,7 @@ class Params:
     split: SplitConfig
     pretrain: PretrainConfig
     embed: EmbedConfig
+    readout: ReadoutConfig
     index: IndexConfig
     evaluate: EvaluateConfig
     drift: DriftConfig

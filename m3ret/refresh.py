@@ -78,15 +78,16 @@ class RebuildReport:
 
 
 def encoder_version(params: Params) -> str:
-    """The model version vectors made now would carry (encoder bytes + preprocessing)."""
-    return model_version(params.embed.encoder, params.preprocess, params.read)
+    """The model version vectors made now would carry (retrieval model bytes + preprocessing)."""
+    return model_version(params.embed.model, params.preprocess, params.read)
 
 
 def new_model_version(params: Params, token: str = "") -> str | None:
-    """The encoder's model version when the alias does not point at its collection yet (a new model), else None."""
+    """The retrieval model's version when the alias does not point at its collection yet (a new model), else None.
+    A changed encoder or readout is first turned into a retrieval model by the embed stage (a no-op when current)."""
+    version = embed_pipeline_outputs(params)["model_version"]
     index = MilvusIndex(params.index, token)
     try:
-        version = encoder_version(params)
         return None if index.current() == index.collection_name(version) else version
     finally:
         index.close()
@@ -97,12 +98,19 @@ def rebuild_for_new_model(params: Params, token: str = "") -> RebuildReport:
     whose gate publishes it (alias swap, old collections beyond `index.retain` dropped) only when it passes."""
     embed_pipeline_outputs(params)
     embeddings = EmbeddingSet.load(params.embed.out)
-    encoder = load_encoder(params.embed.encoder)
+    encoder = load_encoder(params.embed.model)
     index = MilvusIndex(params.index, token)
     try:
         name = build_collection(index, embeddings)
         gate = evaluate_stage(
-            index, name, embeddings, Path(params.preprocess.out), encoder, params.evaluate, params.preprocess.size
+            index,
+            name,
+            embeddings,
+            Path(params.preprocess.out),
+            encoder,
+            params.evaluate,
+            params.readout,
+            params.preprocess.size,
         )
     finally:
         index.close()
@@ -131,7 +139,7 @@ def refresh(
         collection = index.current()
         if collection != index.collection_name(version):
             raise ModelVersionError(
-                f"encoder {params.embed.encoder} is model {version}, but alias {params.index.alias!r} points at "
+                f"retrieval model {params.embed.model} is model {version}, but alias {params.index.alias!r} points at "
                 f"{collection or 'no collection'}: build, gate and publish the new model first"
             )
         drop_unfinished_batches(state_dir)

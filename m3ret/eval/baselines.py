@@ -1,4 +1,5 @@
-"""Reference embeddings that need no training: the raw-pixel floor every learned encoder must beat.
+"""Reference embeddings that need no training: the raw-pixel floor every learned encoder must beat, and a randomly
+initialised encoder of the same architecture.
 
 The medbench README floor is: PIL "L" grayscale (ITU-R 601-2 luma), PIL BILINEAR (antialiased) resize to 32 x 32,
 each image's own mean subtracted (per image; a dataset-wide mean gives other numbers), L2-normalised, cosine.
@@ -14,7 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from m3ret.models.encoder import Encoder, build_encoder
 
 
 def _grey_thumbnail(image: Image.Image, size: int) -> np.ndarray:
@@ -57,3 +61,11 @@ def raw_pixel_embeddings_from_files(paths: Sequence[str | Path], size: int = 32,
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         thumbs = list(pool.map(thumb, paths))
     return _centre_normalise(np.stack(thumbs) if thumbs else np.zeros((0, size, size), np.float32))
+
+
+def random_init_like(encoder: Encoder) -> Encoder:
+    """A randomly initialised encoder (seed 0) of `encoder`'s architecture, on its device, in eval mode; the caller's
+    random stream is left untouched (fork_rng)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_encoder(encoder.cfg).to(encoder.pixel_mean.device).eval()

@@ -8,6 +8,7 @@ uint8 so any encoder input size can be served.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -19,16 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
-from m3ret.config import ReadConfig
+from m3ret.config import ReadConfig, ReadoutConfig
 from m3ret.data.errors import InputError, UnreadableInputError
 from m3ret.data.image_reader import read_image
 from m3ret.data.medmnist_reader import iter_medmnist
 from m3ret.data.preprocess import to_rgb
 from m3ret.data.resize import letterbox
+from m3ret.eval.baselines import random_init_like
 from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings
+from m3ret.models.encoder import Encoder
+from m3ret.models.readout import Readout, fit_and_project, whiten_on
 
 REQUIRED_COLUMNS = ("dataset", "path", "label", "group_id", "role")
 # Bump when decoding or letterboxing changes, so stale caches are not reused.
@@ -178,16 +184,66 @@ def embed_images(embed_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarra
     return emb
 
 
+def gallery_rows(bench: BenchmarkFolder) -> torch.Tensor:
+    """bool [N]: the benchmark's gallery images, the rows a readout's whitening is fitted on (never its queries)."""
+    return torch.from_numpy((bench.table["role"] == "gallery").to_numpy())
+
+
+def _pooled(
+    encoder: Encoder, bench: BenchmarkFolder, readout: ReadoutConfig, batch_size: int
+) -> tuple[Readout, Tensor]:
+    """A copy of `encoder`'s readout set to `readout` (unfitted) and the pooled vectors [N, D'] of every image."""
+    model = copy.deepcopy(encoder)
+    model.set_readout(readout.pooling, readout.grid)
+    chunks = [
+        model.pooled(np.array(bench.images[start : start + batch_size]), batch_size)
+        for start in range(0, len(bench.images), batch_size)
+    ]
+    return model.readout, torch.cat(chunks) if chunks else torch.zeros(0, model.readout.pooled_dim)
+
+
+def benchmark_vectors(
+    encoder: Encoder, bench: BenchmarkFolder, readout: ReadoutConfig, batch_size: int = 256
+) -> np.ndarray:
+    """Unit vectors float32 [N, K] of every benchmark image through `encoder` with the readout `readout`, its
+    whitening fitted on the benchmark's gallery images (the benchmark stands for an index). `encoder` is unchanged."""
+    fitted, pooled = _pooled(encoder, bench, readout, batch_size)
+    return fit_and_project(fitted, readout, pooled, gallery_rows(bench)).numpy()
+
+
+def benchmark_model_vectors(
+    encoder: Encoder, bench: BenchmarkFolder, readout: ReadoutConfig, raw_pixels: np.ndarray, baselines: bool = True
+) -> dict[str, np.ndarray]:
+    """Vectors [N, K] per model, for a fair comparison under one readout: "encoder" and "random init" (the same
+    architecture, seed 0) through `readout`, "raw pixels" (`raw_pixels` [N, D], the README floor as given); with
+    `readout.whiten`, also "random init unwhitened" and "raw pixels whitened" (fitted on the gallery rows)."""
+    out = {"encoder": benchmark_vectors(encoder, bench, readout)}
+    if not baselines:
+        return out
+    fitted, pooled = _pooled(random_init_like(encoder), bench, readout, 256)
+    out["random init"] = fit_and_project(fitted, readout, pooled, gallery_rows(bench)).numpy()
+    out["raw pixels"] = np.asarray(raw_pixels, np.float32)
+    if readout.whiten:
+        out["random init unwhitened"] = F.normalize(pooled, dim=-1).numpy()
+        raw = torch.from_numpy(np.asarray(raw_pixels, np.float32))
+        out["raw pixels whitened"] = whiten_on(raw, gallery_rows(bench), readout).numpy()
+    return out
+
+
+def evaluate_vectors(vectors: np.ndarray, bench: BenchmarkFolder) -> RetrievalResult:
+    """Unit vectors [N, D] in bench.table order under the medbench protocol (`evaluate_embeddings`)."""
+    t = bench.table
+    return evaluate_embeddings(
+        vectors, t["label"].to_numpy(), t["group_id"].to_numpy(), t["role"].to_numpy(), t["dataset"].to_numpy()
+    )
+
+
 def evaluate_encoder(
     embed_fn: Callable[[np.ndarray], np.ndarray], bench: BenchmarkFolder, batch_size: int = 256
 ) -> RetrievalResult:
     """embed_fn: uint8 [B,S,S,3] -> L2-normalised [B,D]; run over bench.images in batches (`embed_images`), then the
     medbench protocol (`evaluate_embeddings`) with the folder's labels, groups, roles and datasets."""
-    emb = embed_images(embed_fn, bench.images, batch_size)
-    t = bench.table
-    return evaluate_embeddings(
-        emb, t["label"].to_numpy(), t["group_id"].to_numpy(), t["role"].to_numpy(), t["dataset"].to_numpy()
-    )
+    return evaluate_vectors(embed_images(embed_fn, bench.images, batch_size), bench)
 
 
 def flat_metrics(result: RetrievalResult) -> dict[str, float]:
@@ -198,10 +254,13 @@ def flat_metrics(result: RetrievalResult) -> dict[str, float]:
     return flat
 
 
-def benchmark_evaluator(bench: BenchmarkFolder, batch_size: int = 256) -> Callable[[nn.Module], dict[str, float]]:
-    """A callback for the pretraining loop: encoder (with `.embed`) -> flat retrieval metrics on `bench`."""
+def benchmark_evaluator(
+    bench: BenchmarkFolder, readout: ReadoutConfig, batch_size: int = 256
+) -> Callable[[Encoder], dict[str, float]]:
+    """A callback for the pretraining loop: encoder -> flat retrieval metrics on `bench` with the readout `readout`
+    (`benchmark_vectors`), so the learning curve measures the vector that will be indexed."""
 
-    def evaluate(encoder: nn.Module) -> dict[str, float]:
-        return flat_metrics(evaluate_encoder(lambda batch: encoder.embed(batch).numpy(), bench, batch_size))
+    def evaluate(encoder: Encoder) -> dict[str, float]:
+        return flat_metrics(evaluate_vectors(benchmark_vectors(encoder, bench, readout, batch_size), bench))
 
     return evaluate

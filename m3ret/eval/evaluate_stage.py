@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from m3ret.config import EvaluateConfig, IndexConfig
+from m3ret.config import EvaluateConfig, IndexConfig, ReadoutConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
-from m3ret.eval.baselines import raw_pixel_embeddings
+from m3ret.eval.baselines import random_init_like, raw_pixel_embeddings
 from m3ret.eval.gate import decide_gate, record_published
 from m3ret.eval.index_evaluation import (
     IndexEvaluation,
     benchmark_grid_rows,
+    collection_version,
     evaluate_benchmark,
     evaluate_in_index,
     evaluate_vectors_in_index,
@@ -36,29 +38,44 @@ from m3ret.eval.index_evaluation import (
 from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings
 from m3ret.index.milvus_index import MilvusIndex, is_server_uri
 from m3ret.models.embeddings import EmbeddingSet, item_vectors
-from m3ret.models.encoder import Encoder, build_encoder
+from m3ret.models.encoder import Encoder
+from m3ret.models.readout import fit_and_project, whiten_on
 
 GATE_REPORT, COMPARISON = "gate.json", "comparison.md"
 log = logging.getLogger(__name__)
 
 
-def _baseline_item_vectors(frames_dir: Path, embeddings: EmbeddingSet, encoder: Encoder) -> dict[str, np.ndarray]:
-    """Item vectors [M, D'] (rows in `embeddings.items` order) of the two floors: raw pixels and a randomly
-    initialised encoder of the same architecture, each the renormalised mean over the item's frames."""
+def _baseline_item_vectors(
+    frames_dir: Path, embeddings: EmbeddingSet, encoder: Encoder, readout: ReadoutConfig
+) -> dict[str, np.ndarray]:
+    """Item vectors [M, D'] (rows in `embeddings.items` order) of the floors, each the renormalised mean over the
+    item's frames: raw pixels and a randomly initialised encoder of the same architecture under the same `readout`
+    (whitening fitted on the frames of `readout.fit_splits`, as the encoder's was); with whitening, both also the
+    other way ("random init unwhitened", "raw pixels whitened")."""
     store = FrameStore(frames_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        random = build_encoder(encoder.cfg).eval()
-    per_frame: dict[str, list[np.ndarray]] = {"raw pixels": [], "random init": []}
+    random = random_init_like(encoder)
+    random.set_readout(readout.pooling, readout.grid)
+    raw, pooled = [], []
     for start in range(0, len(store), 1024):
         frames = store.get(np.arange(start, min(start + 1024, len(store))))
-        per_frame["raw pixels"].append(raw_pixel_embeddings(frames))
-        per_frame["random init"].append(random.embed(frames).numpy())
+        raw.append(raw_pixel_embeddings(frames))
+        pooled.append(random.pooled(frames))
+    split_of = embeddings.items.set_index("item_id")["split"]
+    frame_items = store.table["item_id"].to_numpy()
+    fit_rows = torch.from_numpy(split_of.reindex(frame_items).isin(readout.fit_splits).to_numpy())
+    raw_frames, pooled_frames = np.concatenate(raw), torch.cat(pooled)
+    per_frame = {
+        "raw pixels": raw_frames,
+        "random init": fit_and_project(random.readout, readout, pooled_frames, fit_rows).numpy(),
+    }
+    if readout.whiten:
+        per_frame["random init unwhitened"] = F.normalize(pooled_frames, dim=-1).numpy()
+        per_frame["raw pixels whitened"] = whiten_on(torch.from_numpy(raw_frames), fit_rows, readout).numpy()
     order = embeddings.items["item_id"].to_numpy()
     out = {}
-    for name, chunks in per_frame.items():
-        ids, vectors = item_vectors(np.concatenate(chunks), store.table["item_id"].to_numpy())
-        out[name] = vectors[pd.Index(ids).get_indexer(order)]
+    for name, vectors in per_frame.items():
+        ids, items = item_vectors(vectors, frame_items)
+        out[name] = items[pd.Index(ids).get_indexer(order)]
     return out
 
 
@@ -77,6 +94,7 @@ def evaluate_splits(
     frames_dir: Path,
     encoder: Encoder,
     cfg: EvaluateConfig,
+    readout: ReadoutConfig,
 ) -> tuple[dict[str, IndexEvaluation], list[GridRow]]:
     """The pipeline's query items searched in `collection` (series level, gallery split); with `cfg.baselines`
     the floors on the same items. Empty when the splits hold no query or no gallery item."""
@@ -96,10 +114,9 @@ def evaluate_splits(
     }
     if cfg.baselines:
         with tempfile.TemporaryDirectory(prefix="m3ret-eval-") as scratch:
-            for name, floor in _baseline_item_vectors(frames_dir, embeddings, encoder).items():
-                version = "eval_" + name.replace(" ", "")
+            for name, floor in _baseline_item_vectors(frames_dir, embeddings, encoder, readout).items():
                 results[name] = evaluate_vectors_in_index(
-                    _scratch_index(index, scratch), items, floor, k, label, version
+                    _scratch_index(index, scratch), items, floor, k, label, collection_version(name)
                 )
     thumbnails = Thumbnails(frames_dir, size=96)
     q_ids, g_ids = items.loc[queries, "item_id"].to_numpy(), items.loc[gallery, "item_id"].to_numpy()
@@ -123,15 +140,16 @@ def evaluate_stage(
     frames_dir: Path,
     encoder: Encoder,
     cfg: EvaluateConfig,
+    readout: ReadoutConfig,
     size: int,
 ) -> dict[str, Any]:
     """Measure `collection`, decide the gate, publish it when it passes; writes `cfg.out` (metrics.json,
     per_dataset.csv, retrieval_grid.png, gate.json, comparison.md). Returns the gate report."""
-    splits, grid = evaluate_splits(index, collection, embeddings, frames_dir, encoder, cfg)
+    splits, grid = evaluate_splits(index, collection, embeddings, frames_dir, encoder, cfg, readout)
     bench: dict[str, IndexEvaluation] = {}
     if cfg.bench:
         with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
-            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, _scratch_index(index, scratch), size)
+            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, readout, _scratch_index(index, scratch), size)
         grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, size)
     results = {f"splits {name}": value for name, value in splits.items()}
     results.update({f"bench {name}": value for name, value in bench.items()})

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from m3ret.config import EvaluateConfig, IndexConfig
+from m3ret.config import EvaluateConfig, IndexConfig, ReadoutConfig
 from m3ret.eval.baselines import raw_pixel_embeddings
-from m3ret.eval.benchmark_folder import embed_images, load_benchmark_folder
+from m3ret.eval.benchmark_folder import benchmark_model_vectors, load_benchmark_folder
 from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings, retrieval_grid
 from m3ret.eval.retrieval_metrics import (
     RetrievalResult,
@@ -34,11 +34,10 @@ from m3ret.eval.retrieval_metrics import (
 from m3ret.index.filters import SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
 from m3ret.models.embeddings import index_table
-from m3ret.models.encoder import Encoder, build_encoder
+from m3ret.models.encoder import Encoder
 
-# Benchmarks carry their class in `label`; the collection name of each evaluated model (letters, digits, '_').
+# Benchmarks carry their class in `label`.
 BENCH_LABEL = "label"
-_VERSIONS = {"encoder": "eval_encoder", "raw pixels": "eval_rawpixels", "random init": "eval_randominit"}
 GRID_FILE = "retrieval_grid.png"
 
 
@@ -243,33 +242,34 @@ def evaluate_vectors_in_index(
 
 
 def evaluate_benchmark(
-    bench_path: Path, encoder: Encoder, cfg: EvaluateConfig, index_cfg: IndexConfig, size: int
+    bench_path: Path,
+    encoder: Encoder,
+    cfg: EvaluateConfig,
+    readout: ReadoutConfig,
+    index_cfg: IndexConfig,
+    size: int,
 ) -> dict[str, IndexEvaluation]:
     """A labeled benchmark folder or MedMNIST npz (`load_benchmark_folder`, letterboxed to `size`, cached under
     `cfg.cache`) evaluated through the index at `index_cfg.uri` (pass a temporary Milvus Lite file).
 
-    Keys: "encoder", and with `cfg.baselines` "raw pixels" (`raw_pixel_embeddings`) and "random init" (the encoder's
-    architecture, seed 0). Relevance is the benchmark's label. `topk` rows follow the benchmark's query rows in
-    table order and index its gallery rows in table order (`benchmark_grid_rows` draws them).
+    The benchmark stands for an index of its own: every model's readout whitening is fitted on its gallery images.
+    Keys: "encoder", and with `cfg.baselines` the floors of `benchmark_model_vectors` (random init under the same
+    readout, raw pixels; plain and whitened). Relevance is the benchmark's label. `topk` rows follow the
+    benchmark's query rows in table order and index its gallery rows in table order (`benchmark_grid_rows`).
     """
     bench = load_benchmark_folder(Path(bench_path), size, cache_dir=Path(cfg.cache) if cfg.cache else None)
     table = bench.table.rename(columns={"group_id": "group", "role": "split"})
-    models = {"encoder": encoder}
-    if cfg.baselines:
-        # fork_rng: the seed makes the baseline reproducible without touching the caller's random stream
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            models["random init"] = build_encoder(encoder.cfg).to(encoder.pixel_mean.device).eval()
-    results = {}
-    for name, model in models.items():
-        vectors = embed_images(lambda batch, m=model: m.embed(batch).numpy(), bench.images)
-        results[name] = evaluate_vectors_in_index(index_cfg, table, vectors, cfg.k, BENCH_LABEL, _VERSIONS[name])
-    if cfg.baselines:
-        vectors = embed_images(raw_pixel_embeddings, bench.images)
-        results["raw pixels"] = evaluate_vectors_in_index(
-            index_cfg, table, vectors, cfg.k, BENCH_LABEL, _VERSIONS["raw pixels"]
-        )
-    return {name: results[name] for name in _VERSIONS if name in results}
+    raw = raw_pixel_embeddings(np.asarray(bench.images)) if cfg.baselines else np.zeros((len(table), 1), np.float32)
+    vectors = benchmark_model_vectors(encoder, bench, readout, raw, cfg.baselines)
+    return {
+        name: evaluate_vectors_in_index(index_cfg, table, v, cfg.k, BENCH_LABEL, collection_version(name))
+        for name, v in vectors.items()
+    }
+
+
+def collection_version(model_name: str) -> str:
+    """A throw-away collection name for an evaluated model ("raw pixels whitened" -> "eval_rawpixelswhitened")."""
+    return "eval_" + re.sub(r"[^a-z0-9]", "", model_name.lower())
 
 
 def benchmark_grid_rows(bench_path: Path, evaluation: IndexEvaluation, cfg: EvaluateConfig, size: int) -> list[GridRow]:

@@ -1,10 +1,15 @@
 """The embed stage: every stored frame through the encoder, plus one vector per item (series, volume, video).
 
+The stage also makes the retrieval model (`embed.model`): the pretrained encoder (`embed.encoder`) with the
+`readout` section's pooling and its whitening fitted on the pooled frame vectors of the `readout.fit_splits` items
+(never queries, never labels). Search, serving and refresh embed queries with that file, and the model version is
+its hash, so gallery and query vectors always share one readout.
+
 Output folder (`embed.out`):
 - `frame_vectors.npy` float32 [N, D], row i = frame i of the frame store; `frames.parquet` its metadata.
 - `item_vectors.npy` float32 [M, D], the mean of an item's frame vectors renormalised; `items.parquet`.
-- `embed.json`: model version, dimension, counts and the fingerprint of the inputs. A rerun whose model version
-  and frames are unchanged does nothing.
+- `embed.json`: model version, dimension, counts and the fingerprint of the inputs. A rerun whose encoder, readout,
+  preprocessing and frames are unchanged does nothing.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
 
-from m3ret.config import EmbedConfig, Params, PreprocessConfig, ReadConfig, to_dict
+from m3ret.config import EmbedConfig, Params, PreprocessConfig, ReadConfig, ReadoutConfig, to_dict
 from m3ret.data.frame_store import FrameStore
 from m3ret.index.schema import row_id
 from m3ret.models.encoder import Encoder, load_encoder
+from m3ret.models.readout import fit_and_project
+from m3ret.train.checkpoint import save_encoder
 
 FRAME_VECTORS, ITEM_VECTORS = "frame_vectors.npy", "item_vectors.npy"
 FRAMES_META, ITEMS_META, EMBED_INFO = "frames.parquet", "items.parquet", "embed.json"
@@ -37,14 +44,24 @@ _SPEED_ONLY = ("workers", "shard_frames", "out")
 log = logging.getLogger(__name__)
 
 
-def model_version(encoder_path: str | Path, preprocess: PreprocessConfig, read: ReadConfig) -> str:
-    """12 hex digits naming what produced a vector: the checkpoint's bytes and the preprocessing that made frames."""
+def _file_digest(path: str | Path) -> hashlib._Hash:
     digest = hashlib.sha256()
-    with open(encoder_path, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest
+
+
+def _frames_settings(preprocess: PreprocessConfig, read: ReadConfig) -> bytes:
     prep = {k: v for k, v in to_dict(preprocess).items() if k not in _SPEED_ONLY}
-    digest.update(json.dumps({"preprocess": prep, "read": to_dict(read)}, sort_keys=True).encode())
+    return json.dumps({"preprocess": prep, "read": to_dict(read)}, sort_keys=True).encode()
+
+
+def model_version(model_path: str | Path, preprocess: PreprocessConfig, read: ReadConfig) -> str:
+    """12 hex digits naming what produced a vector: the retrieval model's bytes (weights, readout and its fitted
+    whitening) and the preprocessing that made frames."""
+    digest = _file_digest(model_path)
+    digest.update(_frames_settings(preprocess, read))
     return digest.hexdigest()[:12]
 
 
@@ -64,16 +81,17 @@ class _FrameBatches(Dataset):
         return torch.from_numpy(self._store.get(ids))
 
 
-def embed_frames(encoder: Encoder, frames_dir: Path, n_frames: int, batch_size: int, workers: int) -> np.ndarray:
-    """float32 [n_frames, D] L2-normalised vectors of the store's frames in order, with a progress bar (images/s)."""
-    out = np.empty((n_frames, encoder.embed_dim), dtype=np.float32)
+def pool_frames(encoder: Encoder, frames_dir: Path, n_frames: int, batch_size: int, workers: int) -> torch.Tensor:
+    """float32 [n_frames, D'] pooled vectors (`Encoder.pooled`, before whitening) of the store's frames in order, with
+    a progress bar (images/s)."""
+    out = torch.empty((n_frames, encoder.readout.pooled_dim), dtype=torch.float32)
     batches = BatchSampler(SequentialSampler(range(n_frames)), batch_size, drop_last=False)
     loader = DataLoader(_FrameBatches(frames_dir), sampler=batches, batch_size=None, num_workers=workers)
     bar = tqdm(total=n_frames, desc="embed", unit="img", dynamic_ncols=True, mininterval=1.0)
     start = 0
     with bar:
         for frames in loader:
-            out[start : start + len(frames)] = encoder.embed(frames, batch_size=batch_size).numpy()
+            out[start : start + len(frames)] = encoder.pooled(frames, batch_size=batch_size)
             start += len(frames)
             bar.update(len(frames))
     return out
@@ -103,6 +121,7 @@ def _fingerprint(frames: pd.DataFrame, items: pd.DataFrame) -> str:
 
 def embed_stage(
     cfg: EmbedConfig,
+    readout: ReadoutConfig,
     frames_dir: Path,
     manifest: pd.DataFrame,
     splits: pd.DataFrame,
@@ -115,20 +134,27 @@ def embed_stage(
     items = _item_table(manifest, splits)
     frames = store.table[["frame_id", "item_id", "plane", "volume_index", "frame_index", "timestamp"]]
     frames = frames.merge(items, on="item_id", how="left", validate="many_to_one")
-    version = model_version(cfg.encoder, preprocess, read)
     fingerprint = _fingerprint(frames, items)
+    inputs = _inputs_id(cfg, readout, preprocess, read, fingerprint)
     info_path = out / EMBED_INFO
-    if info_path.exists():
+    if info_path.exists() and Path(cfg.model).is_file():
         done = json.loads(info_path.read_text())
-        if done.get("model_version") == version and done.get("fingerprint") == fingerprint:
-            log.info("embed: model %s and frames unchanged; nothing to do", version)
+        if done.get("inputs") == inputs and done.get("model_version") == model_version(cfg.model, preprocess, read):
+            log.info("embed: encoder, readout and frames unchanged; nothing to do")
             return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = load_encoder(cfg.encoder, "cuda" if torch.cuda.is_available() else "cpu")
+    encoder.set_readout(readout.pooling, readout.grid)
     tic = time.perf_counter()
-    vectors = embed_frames(encoder, frames_dir, len(store), cfg.batch_size, cfg.workers)
+    pooled = pool_frames(encoder, frames_dir, len(store), cfg.batch_size, cfg.workers)
+    fit_rows = torch.from_numpy(frames["split"].isin(readout.fit_splits).to_numpy())
+    if readout.whiten and int(fit_rows.sum()) < 2:
+        raise ValueError(f"readout.whiten: fewer than 2 frames in readout.fit_splits={list(readout.fit_splits)}")
+    vectors = fit_and_project(encoder.readout, readout, pooled, fit_rows).numpy()
     seconds = time.perf_counter() - tic
+    _export_retrieval_model(Path(cfg.model), encoder)
+    version = model_version(cfg.model, preprocess, read)
     ids, per_item = item_vectors(vectors, frames["item_id"].to_numpy())
     items = items.set_index("item_id").loc[ids].reset_index()
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +164,7 @@ def embed_stage(
     items.to_parquet(out / ITEMS_META, index=False)
     summary = {
         "model_version": version,
+        "inputs": inputs,
         "fingerprint": fingerprint,
         "dim": int(vectors.shape[1]),
         "frames": len(frames),
@@ -148,10 +175,26 @@ def embed_stage(
     return summary
 
 
+def _inputs_id(
+    cfg: EmbedConfig, readout: ReadoutConfig, preprocess: PreprocessConfig, read: ReadConfig, fingerprint: str
+) -> str:
+    """What the retrieval model and the vectors are a function of: encoder bytes, readout, frame settings, frames."""
+    digest = _file_digest(cfg.encoder)
+    digest.update(_frames_settings(preprocess, read))
+    digest.update(json.dumps(to_dict(readout), sort_keys=True).encode() + fingerprint.encode())
+    return digest.hexdigest()[:16]
+
+
+def _export_retrieval_model(path: Path, encoder: Encoder) -> None:
+    """The encoder with its fitted readout, in the `encoder.pt` layout that `load_encoder` reads."""
+    save_encoder(path, encoder, to_dict(encoder.cfg), readout=encoder.readout.state())
+
+
 def embed_pipeline_outputs(params: Params) -> dict[str, Any]:
     """`embed_stage` on the pipeline's own frame store, manifest and splits, where params.yaml puts them."""
     return embed_stage(
         params.embed,
+        params.readout,
         Path(params.preprocess.out),
         pd.read_parquet(params.ingest.out),
         pd.read_parquet(params.split.out),

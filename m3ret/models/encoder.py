@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m3ret.config import ModelConfig, from_dict
+from m3ret.models.readout import Readout
 
 # Per-channel statistics that map [0, 1] pixels to roughly zero mean, unit scale. There are no pretrained weights to
 # match (everything is trained from scratch), so a modality-neutral constant beats ImageNet's colour statistics.
@@ -24,7 +25,8 @@ PIXEL_STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
 class Encoder(nn.Module):
     """A timm ViT (`cfg.name` built at `cfg.img_size` / `cfg.patch_size`, no classifier head) with `cls` or `mean`
-    pooling.
+    pooling for the training objectives, and a retrieval `readout` (m3ret.models.readout) for `embed`: by default
+    the training pooling without whitening; `set_readout` chooses another.
 
     `dynamic_img_size=True` lets the same backbone run on smaller crops (SimDINO's local views): timm resamples the
     position embedding to the input's patch grid.
@@ -56,6 +58,13 @@ class Encoder(nn.Module):
         # Non-persistent: constants of the code, not state; they still follow `.to(device)`.
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.set_readout(cfg.pooling, grid=2)
+
+    def set_readout(self, pooling: str, grid: int) -> Readout:
+        """Replace the retrieval readout (unfitted: no whitening) and return it."""
+        self.readout = Readout(pooling, grid, self.embed_dim, self.num_prefix_tokens, bool(self.vit.has_class_token))
+        self.readout.to(self.pixel_mean.device)
+        return self.readout
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         """Normalised images [B, 3, H, W] (H, W multiples of the patch size) -> tokens [B, P + N, D] after the final
@@ -78,8 +87,9 @@ class Encoder(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     @torch.inference_mode()
-    def embed(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
-        """Stored frames uint8 [N, H, W, 3] (channels last, as in the shards) -> L2-normalised float32 [N, D] on CPU.
+    def pooled(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
+        """Stored frames uint8 [N, H, W, 3] (channels last, as in the shards) -> the readout's pooled vectors float32
+        [N, D'] on CPU, before whitening (what the whitening is fitted on).
 
         Frames are resized (bilinear, antialiased) to `img_size` when needed. Runs in eval mode (no stochastic
         depth), in batches of `batch_size`, under bf16 autocast on CUDA; the training flag is restored afterwards.
@@ -99,13 +109,19 @@ class Encoder(nn.Module):
                 if x.shape[-2:] != (size, size):
                     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    feats = self(self.normalise(x.clamp(0.0, 1.0)))
-                out.append(F.normalize(feats.float(), dim=-1).cpu())
+                    tokens = self.forward_tokens(self.normalise(x.clamp(0.0, 1.0)))
+                out.append(self.readout.pool(tokens).float().cpu())
         finally:
             self.train(was_training)
         if not out:
-            return torch.zeros(0, self.embed_dim)
+            return torch.zeros(0, self.readout.pooled_dim)
         return torch.cat(out)
+
+    @torch.inference_mode()
+    def embed(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
+        """Stored frames uint8 [N, H, W, 3] -> retrieval vectors float32 [N, K] on CPU, L2-normalised: `pooled`, then
+        the readout's whitening when fitted."""
+        return self.readout.project(self.pooled(frames, batch_size).to(self.pixel_mean.device)).cpu()
 
 
 def build_encoder(cfg: ModelConfig) -> Encoder:
@@ -118,4 +134,7 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     saved = torch.load(Path(path), map_location=map_location, weights_only=False)
     encoder = build_encoder(from_dict(ModelConfig, saved["model"], "model"))
     encoder.load_state_dict(saved["state_dict"])
+    if "readout" in saved:  # files written before the readout existed use the training pooling
+        readout = saved["readout"]
+        encoder.set_readout(readout["pooling"], readout["grid"]).load_state(readout)
     return encoder.eval()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from m3ret.config import EvaluateConfig, IndexConfig, ModelConfig
+from m3ret.config import EvaluateConfig, IndexConfig, ModelConfig, ReadoutConfig
 from m3ret.eval.baselines import raw_pixel_embeddings
 from m3ret.eval.benchmark_folder import load_benchmark_folder
 from m3ret.eval.index_evaluation import (
@@ -183,8 +183,8 @@ def test_evaluate_benchmark_end_to_end(tmp_path):
     cfg = EvaluateConfig(k=5, cache=str(tmp_path / "cache"), grid_queries=1)
     index_cfg = IndexConfig(uri=str(tmp_path / "bench.db"))
     with pytest.warns(UserWarning, match="corrupt.png"):
-        results = evaluate_benchmark(root, encoder, cfg, index_cfg, size=32)
-    assert list(results) == ["encoder", "raw pixels", "random init"]
+        results = evaluate_benchmark(root, encoder, cfg, ReadoutConfig(), index_cfg, size=32)
+    assert list(results) == ["encoder", "random init", "raw pixels", "random init unwhitened", "raw pixels whitened"]
     for evaluation in results.values():
         assert set(evaluation.result.per_dataset) == {"d1", "d2"}
         assert evaluation.result.per_dataset["d1"]["n_query"] == 2
@@ -207,6 +207,6 @@ def test_evaluate_benchmark_end_to_end(tmp_path):
     assert metrics["raw_pixels/P@1"] == 1.0 and "random_init/dataset/d2/mAP@5" in metrics
     per_dataset = pd.read_csv(out / "per_dataset.csv")
     assert list(per_dataset.columns) == ["dataset", "model", "P@1", "mAP@5", "R@5"]
-    assert len(per_dataset) == 9 and set(per_dataset["dataset"]) == {"d1", "d2", "mean"}
+    assert len(per_dataset) == 15 and set(per_dataset["dataset"]) == {"d1", "d2", "mean"}
     with Image.open(out / "retrieval_grid.png") as img:
         assert img.format == "PNG" and img.width > img.height

@@ -82,7 +82,9 @@ def build_world(root: Path, encoder_file: Path, n_images: int = N_IMAGES) -> Pat
         preprocess(manifest, params.preprocess, params.read)
         write_splits(make_splits(manifest, params.split), params.split.out)
         splits = pd.read_parquet(params.split.out)
-        embed_stage(params.embed, Path(params.preprocess.out), manifest, splits, params.preprocess, params.read)
+        embed_stage(
+            params.embed, params.readout, Path(params.preprocess.out), manifest, splits, params.preprocess, params.read
+        )
     return root / "params.yaml"
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, ReadConfig, to_dict
+from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, ReadConfig, ReadoutConfig, to_dict
 from m3ret.data.frame_store import FRAME_COLUMNS, ShardWriter, write_frames_table
 from m3ret.index.schema import row_id
 from m3ret.models.embeddings import EMBED_INFO, EmbeddingSet, embed_stage, item_vectors, model_version
@@ -60,15 +60,25 @@ def pipeline(tmp_path):
     torch.manual_seed(0)
     encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=SIZE, patch_size=8))
     save_encoder(tmp_path / "encoder.pt", encoder, to_dict(encoder.cfg))
-    cfg = EmbedConfig(encoder=str(tmp_path / "encoder.pt"), out=str(tmp_path / "emb"), batch_size=4, workers=0)
+    cfg = EmbedConfig(
+        encoder=str(tmp_path / "encoder.pt"),
+        model=str(tmp_path / "retrieval.pt"),
+        out=str(tmp_path / "emb"),
+        batch_size=4,
+        workers=0,
+    )
     return cfg, tmp_path / "frames", manifest, splits, frames
+
+
+PLAIN = ReadoutConfig(whiten=False)
 
 
 def test_vectors_match_the_encoder_and_items_are_renormalised_means(pipeline):
     cfg, frames_dir, manifest, splits, frames = pipeline
-    summary = embed_stage(cfg, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
+    summary = embed_stage(cfg, PLAIN, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
     emb = EmbeddingSet.load(cfg.out)
     expected = load_encoder(cfg.encoder).embed(frames).numpy()
+    np.testing.assert_allclose(load_encoder(cfg.model).embed(frames).numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(emb.frame_vectors, expected, atol=1e-5)
     assert summary["frames"] == 6 and summary["items"] == 3 and summary["dim"] == 192
     assert list(emb.items.item_id) == ["a", "b", "c"]
@@ -86,15 +96,47 @@ def test_vectors_match_the_encoder_and_items_are_renormalised_means(pipeline):
 def test_rerun_with_unchanged_model_and_frames_does_nothing(pipeline):
     cfg, frames_dir, manifest, splits, _frames = pipeline
     prep, read = PreprocessConfig(size=SIZE), ReadConfig()
-    first = embed_stage(cfg, frames_dir, manifest, splits, prep, read)
+    first = embed_stage(cfg, PLAIN, frames_dir, manifest, splits, prep, read)
     vectors_file = f"{cfg.out}/frame_vectors.npy"
     mtime = os.stat(vectors_file).st_mtime_ns
-    assert embed_stage(cfg, frames_dir, manifest, splits, prep, read) == first
+    assert embed_stage(cfg, PLAIN, frames_dir, manifest, splits, prep, read) == first
     assert first == json.loads((Path(cfg.out) / EMBED_INFO).read_text())
     assert os.stat(vectors_file).st_mtime_ns == mtime
     # another preprocessing of the same checkpoint is another model version: everything is embedded again
-    assert model_version(cfg.encoder, PreprocessConfig(size=64), read) != first["model_version"]
-    assert model_version(cfg.encoder, PreprocessConfig(size=SIZE, workers=7), read) == first["model_version"]
+    assert model_version(cfg.model, PreprocessConfig(size=64), read) != first["model_version"]
+    assert model_version(cfg.model, PreprocessConfig(size=SIZE, workers=7), read) == first["model_version"]
+    # another readout is another retrieval model and another version
+    grid = embed_stage(cfg, ReadoutConfig(pooling="mean+grid", whiten=False), frames_dir, manifest, splits, prep, read)
+    assert grid["model_version"] != first["model_version"] and grid["dim"] == 192 * 5
+
+
+def test_whitening_is_fitted_on_fit_splits_only_and_queries_share_it(pipeline):
+    cfg, frames_dir, manifest, splits, frames = pipeline
+    readout = ReadoutConfig(pooling="mean", whiten=True, whiten_shrinkage=0.5, fit_splits=("gallery", "pretrain"))
+    summary = embed_stage(cfg, readout, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
+    emb = EmbeddingSet.load(cfg.out)
+    model = load_encoder(cfg.model)
+    assert model.readout.whitened and summary["dim"] == 192
+    # the whitening mean is the mean pooled vector of the gallery + pretrain frames (rows 0-2 and 4-5), not the query
+    pooled = load_encoder(cfg.encoder).pooled(frames)
+    fit = pooled[[0, 1, 2, 4, 5]]
+    np.testing.assert_allclose(model.readout.whiten_mean.numpy(), fit.mean(0).numpy(), atol=1e-5)
+    # a query embedded with the retrieval model lands exactly on its stored vector
+    np.testing.assert_allclose(model.embed(frames[3:4]).numpy()[0], emb.frame_vectors[3], atol=1e-5)
+    # whitened vectors decorrelate the fitted frames: their Gram off-diagonal shrinks relative to the plain ones
+    plain = torch.nn.functional.normalize(fit, dim=-1)
+    off = ~np.eye(5, dtype=bool)
+    white = torch.from_numpy(emb.frame_vectors[[0, 1, 2, 4, 5]])
+    assert (white @ white.T).numpy()[off].mean() < (plain @ plain.T).numpy()[off].mean()
+
+
+def test_whitening_without_enough_fit_frames_is_a_clear_error(pipeline):
+    cfg, frames_dir, manifest, splits, _frames = pipeline
+    only_query_groups = splits.assign(split=["query", "query", "query"])
+    with pytest.raises(ValueError, match="fewer than 2 frames in readout.fit_splits"):
+        embed_stage(
+            cfg, ReadoutConfig(), frames_dir, manifest, only_query_groups, PreprocessConfig(size=SIZE), ReadConfig()
+        )
 
 
 def test_item_vectors_group_by_item_in_first_seen_order():

@@ -35,6 +35,7 @@ from m3ret.config import (  # noqa: E402
     ModelConfig,
     PreprocessConfig,
     ReadConfig,
+    ReadoutConfig,
     SourceConfig,
     SplitConfig,
     to_dict,
@@ -133,7 +134,8 @@ def _write_queries(src: Path, out: Path) -> dict[str, Path]:
 
 
 def _build_index(root: Path, src: Path, prep_cfg: PreprocessConfig, index_cfg: IndexConfig) -> int:
-    """The pipeline's stages on `src` with the encoder at root/encoder.pt; returns the number of items."""
+    """The pipeline's stages on `src` with the encoder at root/encoder.pt (retrieval model: root/retrieval.pt);
+    returns the number of items."""
     read_cfg = ReadConfig()
     sources = (
         SourceConfig(path=str(src / "photos"), dataset="photos", modality="photo"),
@@ -153,8 +155,14 @@ def _build_index(root: Path, src: Path, prep_cfg: PreprocessConfig, index_cfg: I
     assert len(quarantine) == 0, quarantine.to_dict("records")
     preprocess(manifest, prep_cfg, read_cfg)
     splits = make_splits(manifest, SplitConfig())
-    embed_cfg = EmbedConfig(encoder=str(root / "encoder.pt"), out=str(root / "embeddings"), batch_size=64, workers=0)
-    embed_stage(embed_cfg, Path(prep_cfg.out), manifest, splits, prep_cfg, read_cfg)
+    embed_cfg = EmbedConfig(
+        encoder=str(root / "encoder.pt"),
+        model=str(root / "retrieval.pt"),
+        out=str(root / "embeddings"),
+        batch_size=64,
+        workers=0,
+    )
+    embed_stage(embed_cfg, ReadoutConfig(), Path(prep_cfg.out), manifest, splits, prep_cfg, read_cfg)
     index = MilvusIndex(index_cfg)
     try:
         index.publish(build_collection(index, EmbeddingSet.load(embed_cfg.out)))
@@ -176,15 +184,15 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _start_import(root: Path, env: dict[str, str]) -> subprocess.Popen:
-    """`import_encoder` in a child process (the BentoML home is fixed before BentoML reads its configuration),
-    started early: its imports take as long as building the index."""
+    """`import_encoder` of the retrieval model (encoder + fitted readout) in a child process (the BentoML home is
+    fixed before BentoML reads its configuration)."""
     code = (
         "import sys; from pathlib import Path; from m3ret.config import load_params;"
         "from serving.model_store import import_encoder;"
         "print(import_encoder(Path(sys.argv[1]), load_params(sys.argv[2])))"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(root / "encoder.pt"), str(root / "params.yaml")],
+        [sys.executable, "-c", code, str(root / "retrieval.pt"), str(root / "params.yaml")],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -236,14 +244,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = _env(root)
-    importer = _start_import(root, env)
-    try:
-        n_items = _build_index(root, src, prep_cfg, index_cfg)
-    except BaseException:
-        importer.kill()
-        importer.communicate()
-        raise
-    env["M3RET_MODEL_TAG"] = _imported_tag(importer)
+    n_items = _build_index(root, src, prep_cfg, index_cfg)
+    env["M3RET_MODEL_TAG"] = _imported_tag(_start_import(root, env))
     queries = _write_queries(src, root / "queries")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

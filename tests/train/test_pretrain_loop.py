@@ -181,3 +181,28 @@ def test_checkpoints_of_another_run_are_not_resumed(data, tmp_path):
     table.to_parquet(splits)
     pretrain(changed, frames_dir, splits, max_steps=1)
     assert [load_checkpoint(p)["step"] for p in list_checkpoints(cfg.out)] == [1]
+
+
+def test_init_starts_from_a_users_checkpoint_and_epochs_0_exports_it(data, tmp_path):
+    from m3ret.models.backbone_init import BackboneInitError
+    from m3ret.models.encoder import build_encoder, load_encoder
+
+    frames_dir, splits_path = data
+    torch.manual_seed(123)
+    theirs = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=64, patch_size=8))  # another grid
+    torch.save({"model": {f"module.backbone.{k}": v for k, v in theirs.vit.state_dict().items()}}, tmp_path / "u.pth")
+    as_is = tiny_cfg(tmp_path, "as_is", objective="simdino", init=str(tmp_path / "u.pth"), epochs=0.0)
+    pretrain(as_is, frames_dir, splits_path)
+    exported = load_encoder(f"{as_is.out}/encoder.pt")
+    torch.testing.assert_close(exported.vit.blocks[3].mlp.fc1.weight, theirs.vit.blocks[3].mlp.fc1.weight)
+    assert exported.vit.pos_embed.shape[1] == 1 + (SIZE // 8) ** 2  # resampled to this model's grid
+
+    trained = tiny_cfg(tmp_path, "trained", objective="simdino", init=str(tmp_path / "u.pth"), epochs=1.0)
+    pretrain(trained, frames_dir, splits_path)
+    after = load_encoder(f"{trained.out}/encoder.pt")
+    moved = (after.vit.blocks[3].mlp.fc1.weight - theirs.vit.blocks[3].mlp.fc1.weight).abs().max()
+    assert 0 < moved < 0.05  # continued from their weights, not from a fresh random init
+
+    torch.save({"blocks.0.norm1.weight": torch.ones(192)}, tmp_path / "partial.pt")
+    with pytest.raises(BackboneInitError, match="missing"):
+        pretrain(tiny_cfg(tmp_path, "bad", init=str(tmp_path / "partial.pt")), frames_dir, splits_path)
