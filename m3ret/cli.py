@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3ret.config import ConfigError, Params, load_params, profile_names
+from m3ret.config import ConfigError, Params, load_params, profile_names, profile_summary
 from m3ret.data.errors import InputError
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError
@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
+    commands["profile"].formatter_class = argparse.RawDescriptionHelpFormatter
+    commands["profile"].epilog = "profiles (expected wall time):\n" + "\n".join(
+        f"  {name:<15} {profile_summary(name)}" for name in profile_names()
+    )
     commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     commands["flows"].add_argument("rest", nargs=argparse.REMAINDER, help="serve [options]: see python -m flows -h")
     commands["evaluate"].add_argument(

@@ -6,6 +6,7 @@ The CLI loads params.yaml once (`load_params`) and hands each library function i
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -217,7 +218,12 @@ class PretrainConfig:
     # "" to skip. Its query images must never be a pretraining source.
     eval_bench: str = ""
     eval_every: int = 0
+    eval_every_epochs: float = 0.0  # > 0: evaluate every this many epochs instead (a learning curve per epoch)
     eval_cache: str = "data/cache/bench"
+
+    def __post_init__(self) -> None:
+        if self.eval_every and self.eval_every_epochs:
+            raise ConfigError("pretrain: set eval_every (steps) or eval_every_epochs, not both")
 
 
 # ---------------------------------------------------------------------------------------------- embed
@@ -461,6 +467,12 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
+def profile_summary(name: str) -> str:
+    """The first comment line of a profile: what it trains and its expected wall time."""
+    first = (PROFILES_DIR / f"{name}.yaml").read_text().splitlines()[0]
+    return first.removeprefix("#").strip()
+
+
 def profile_overrides(name: str) -> list[str]:
     """A named profile (m3ret/profiles/NAME.yaml, a partial params file) as `section.key=value` overrides for
     `dvc exp run -S`. Every key is checked against its section, so a profile cannot set an unknown key."""
@@ -477,6 +489,9 @@ def profile_overrides(name: str) -> list[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            # JSON is YAML without the spaces that would split a `$(m3ret profile NAME)` shell word
+            overrides.append(f"{path}={json.dumps(node, separators=(',', ':'))}")
         else:
             flow = yaml.safe_dump(node, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
             overrides.append(f"{path}={flow.replace(' ', '')}")

@@ -29,7 +29,7 @@ from m3ret.data.splits import make_splits
 from m3ret.eval.evaluate_stage import evaluate_stage
 from m3ret.index.build import build_collection
 from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import EmbeddingSet, embed_pipeline_outputs, embed_stage, model_version
+from m3ret.models.embeddings import EmbeddingSet, embed_pipeline_outputs, embed_with_retrieval_model, model_version
 from m3ret.models.encoder import load_encoder
 from m3ret.refresh_ledger import (
     BATCH_REPORT,
@@ -222,7 +222,7 @@ def _index_batch(
         return done, failed
     # the split rule is a keyed hash of the group, so these items land where a full rerun would put them
     splits = make_splits(done, params.split)
-    summary = embed_stage(
+    summary = embed_with_retrieval_model(
         dataclasses.replace(params.embed, out=str(batch_dir)), frames_dir, done, splits, params.preprocess, params.read
     )
     if index.collection_name(summary["model_version"]) != collection:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from m3ret.cli import main
 from m3ret.config import (
     SECTIONS,
     ConfigError,
@@ -15,6 +17,7 @@ from m3ret.config import (
     load_params,
     profile_names,
     profile_overrides,
+    profile_summary,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +63,16 @@ def test_profiles_apply_cleanly_to_the_default_params(name: str) -> None:
         node[leaf] = yaml.safe_load(value)
     for section, cls in SECTIONS.items():
         from_dict(cls, raw[section], section)
-    assert {"gpu-vit-small", "gpu-vit-base", "cpu-long"} <= set(profile_names())
+    assert {"gpu-vit-small", "gpu-vit-base", "cpu-long", "cpu-60min"} <= set(profile_names())
+
+
+def test_profile_help_lists_every_profile_with_its_expected_time(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    listing = capsys.readouterr().out.split("profiles (expected wall time):", 1)[1]
+    for name in profile_names():
+        line = next(row for row in listing.splitlines() if row.strip().startswith(name))
+        assert re.search(r"\d+ (min|h)\b|not measured", profile_summary(name)) and profile_summary(name) in line
 
 
 def test_unknown_profile_lists_the_valid_ones() -> None:

@@ -27,7 +27,8 @@ from pydicom.pixels import apply_rescale
 from m3ret.config import ConfigError, DemoDataConfig
 
 README_HEADER = "m3ret demo corpus"
-VIDEO_SIZE = 96  # a multiple of 16, so the encoder never pads; within the 64-128 px of small endoscopy thumbnails
+# A multiple of 16, so the encoder never pads; not 96: decord2 3.x fails on 96-wide clips (a buffer size check)
+VIDEO_SIZE = 128
 VIDEO_FPS = 8
 # One encoder thread: x264's output depends on its thread count, which would otherwise follow the machine's cores.
 VIDEO_OUTPUT_PARAMS = ["-threads", "1"]

@@ -119,6 +119,13 @@ def _fingerprint(frames: pd.DataFrame, items: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def _frame_table(store: FrameStore, manifest: pd.DataFrame, splits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(frames in store order with their item's facts, one row per item)."""
+    items = _item_table(manifest, splits)
+    frames = store.table[["frame_id", "item_id", "plane", "volume_index", "frame_index", "timestamp"]]
+    return frames.merge(items, on="item_id", how="left", validate="many_to_one"), items
+
+
 def embed_stage(
     cfg: EmbedConfig,
     readout: ReadoutConfig,
@@ -128,15 +135,13 @@ def embed_stage(
     preprocess: PreprocessConfig,
     read: ReadConfig,
 ) -> dict[str, Any]:
-    """Write the output folder (module docstring); returns the summary stored in `embed.json`."""
-    out = Path(cfg.out)
+    """`cfg.encoder` + the `readout` fitted on the fit splits' frames -> the retrieval model `cfg.model`, and the
+    output folder (module docstring); returns the summary stored in `embed.json`."""
     store = FrameStore(frames_dir)
-    items = _item_table(manifest, splits)
-    frames = store.table[["frame_id", "item_id", "plane", "volume_index", "frame_index", "timestamp"]]
-    frames = frames.merge(items, on="item_id", how="left", validate="many_to_one")
+    frames, items = _frame_table(store, manifest, splits)
     fingerprint = _fingerprint(frames, items)
     inputs = _inputs_id(cfg, readout, preprocess, read, fingerprint)
-    info_path = out / EMBED_INFO
+    info_path = Path(cfg.out) / EMBED_INFO
     if info_path.exists() and Path(cfg.model).is_file():
         done = json.loads(info_path.read_text())
         if done.get("inputs") == inputs and done.get("model_version") == model_version(cfg.model, preprocess, read):
@@ -154,7 +159,36 @@ def embed_stage(
     vectors = fit_and_project(encoder.readout, readout, pooled, fit_rows).numpy()
     seconds = time.perf_counter() - tic
     _export_retrieval_model(Path(cfg.model), encoder)
-    version = model_version(cfg.model, preprocess, read)
+    summary = {"model_version": model_version(cfg.model, preprocess, read), "inputs": inputs}
+    return _write_outputs(Path(cfg.out), vectors, frames, items, seconds, {**summary, "fingerprint": fingerprint})
+
+
+def embed_with_retrieval_model(
+    cfg: EmbedConfig,
+    frames_dir: Path,
+    manifest: pd.DataFrame,
+    splits: pd.DataFrame,
+    preprocess: PreprocessConfig,
+    read: ReadConfig,
+) -> dict[str, Any]:
+    """New frames (a refresh batch) through the published retrieval model `cfg.model` as it is, its readout not
+    refitted, so they land in the same space as the indexed vectors; writes the output folder `cfg.out`."""
+    store = FrameStore(frames_dir)
+    frames, items = _frame_table(store, manifest, splits)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder = load_encoder(cfg.model, "cuda" if torch.cuda.is_available() else "cpu")
+    tic = time.perf_counter()
+    pooled = pool_frames(encoder, frames_dir, len(store), cfg.batch_size, cfg.workers)
+    vectors = encoder.readout.project(pooled.to(encoder.pixel_mean.device)).cpu().numpy()
+    summary = {"model_version": model_version(cfg.model, preprocess, read), "fingerprint": _fingerprint(frames, items)}
+    return _write_outputs(Path(cfg.out), vectors, frames, items, time.perf_counter() - tic, summary)
+
+
+def _write_outputs(
+    out: Path, vectors: np.ndarray, frames: pd.DataFrame, items: pd.DataFrame, seconds: float, summary: dict
+) -> dict[str, Any]:
+    """Frame vectors, item vectors (renormalised means) and both tables into `out`; `summary` + counts -> embed.json."""
     ids, per_item = item_vectors(vectors, frames["item_id"].to_numpy())
     items = items.set_index("item_id").loc[ids].reset_index()
     out.mkdir(parents=True, exist_ok=True)
@@ -163,15 +197,13 @@ def embed_stage(
     frames.to_parquet(out / FRAMES_META, index=False)
     items.to_parquet(out / ITEMS_META, index=False)
     summary = {
-        "model_version": version,
-        "inputs": inputs,
-        "fingerprint": fingerprint,
+        **summary,
         "dim": int(vectors.shape[1]),
         "frames": len(frames),
         "items": len(items),
         "images_per_s": round(len(frames) / max(seconds, 1e-9), 2),
     }
-    info_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (out / EMBED_INFO).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

@@ -43,7 +43,17 @@ log = logging.getLogger(__name__)
 
 # pretrain settings that leave the trajectory unchanged: a run may resume with these edited, not with any other.
 RESUMABLE_KEYS = frozenset(
-    {"workers", "log_every", "checkpoint_every", "out", "metrics_dir", "eval_bench", "eval_every", "eval_cache"}
+    {
+        "workers",
+        "log_every",
+        "checkpoint_every",
+        "out",
+        "metrics_dir",
+        "eval_bench",
+        "eval_every",
+        "eval_every_epochs",
+        "eval_cache",
+    }
 )
 KEEP_CHECKPOINTS = 2
 
@@ -137,7 +147,8 @@ def pretrain(
     Checkpoints go to cfg.out every cfg.checkpoint_every steps and at the end (rank 0), and a run resumes from the
     latest one there with its stored total_steps, so the lr curve and data order continue unchanged. `max_steps`
     stops early (tests, benchmarks) without changing the schedule. `evaluate(encoder)` runs on rank 0 every
-    `eval_every` steps (0: never) and at the end, with the random state set aside so it cannot change training.
+    `eval_every` steps (0: never; `cfg.eval_every_epochs` > 0 overrides it), before the first step and at the end,
+    with the random state set aside so it cannot change training.
     Writes cfg.out/encoder.pt at the end. Returns loss and each objective log (averaged over the last report window
     and all ranks), lr, images_seen, steps, and (on rank 0) the last evaluate() result.
     """
@@ -176,6 +187,9 @@ def _pretrain(
     else:
         total, step, images_seen, metrics = (resumed[k] for k in ("total_steps", "step", "images_seen", "metrics"))
     stop = total if max_steps is None else min(total, max_steps)
+    if cfg.eval_every_epochs > 0:
+        per_epoch = batches_per_epoch(len(frames), cfg.batch_size, env.world_size)
+        eval_every = max(1, round(cfg.eval_every_epochs * per_epoch))
     log.info("pretrain %s: %d frames, step %d -> %d of %d", cfg.objective, len(frames), step, stop, total)
 
     on_cuda = env.device.type == "cuda"
@@ -198,6 +212,8 @@ def _pretrain(
     saved_at = step if resumed is not None else -1
 
     objective.train()
+    if evaluate and eval_every and step == 0 and stop > 0:
+        _evaluate(evaluate, objective, env, reporter, step, images_seen)  # the curve starts at the initial weights
     for frames_u8 in loader:
         images = frames_u8.to(env.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         lr = lr_at(step, total, cfg.optim)

@@ -111,13 +111,14 @@ def test_resume_matches_an_uninterrupted_run(data, tmp_path):
     straight_cfg = tiny_cfg(tmp_path, "straight")
     straight = pretrain(straight_cfg, frames_dir, splits_path, evaluate=evaluate, eval_every=2, max_steps=7)
 
-    # evaluated at steps 2, 4, 6 and at the end (7), on L2-normalised embeddings, logged against images_seen
-    assert len(calls) == 4 and all(e.shape == (3, 192) for e in calls)
-    assert straight["mAP@10"] == 4.0 and straight["norm"] == pytest.approx(1.0)
+    # evaluated before the first step, at steps 2, 4, 6 and at the end (7), on L2-normalised embeddings, logged
+    # against images_seen
+    assert len(calls) == 5 and all(e.shape == (3, 192) for e in calls)
+    assert straight["mAP@10"] == 5.0 and straight["norm"] == pytest.approx(1.0)
     assert straight["steps"] == 7 and straight["images_seen"] == 28 and np.isfinite(straight["loss"])
     evals = read_series(straight_cfg.metrics_dir, "eval/mAP@10")
-    assert evals["step"].tolist() == [2, 4, 6, 7] and evals["mAP@10"].tolist() == [1.0, 2.0, 3.0, 4.0]
-    assert evals["images_seen"].tolist() == [8, 16, 24, 28]
+    assert evals["step"].tolist() == [0, 2, 4, 6, 7] and evals["mAP@10"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert evals["images_seen"].tolist() == [0, 8, 16, 24, 28]
     assert read_series(straight_cfg.metrics_dir, "train/loss")["step"].tolist() == [2, 4, 6, 7]
     assert read_series(straight_cfg.metrics_dir, "train/lr")["step"].tolist() == [2, 4, 6, 7]
 
@@ -206,3 +207,12 @@ def test_init_starts_from_a_users_checkpoint_and_epochs_0_exports_it(data, tmp_p
     torch.save({"blocks.0.norm1.weight": torch.ones(192)}, tmp_path / "partial.pt")
     with pytest.raises(BackboneInitError, match="missing"):
         pretrain(tiny_cfg(tmp_path, "bad", init=str(tmp_path / "partial.pt")), frames_dir, splits_path)
+
+
+def test_eval_every_epochs_gives_one_point_per_epoch(data, tmp_path):
+    frames_dir, splits_path = data
+    cfg = tiny_cfg(tmp_path, "per_epoch", epochs=3.0, eval_every_epochs=1.0)  # 5 steps per epoch
+    pretrain(cfg, frames_dir, splits_path, evaluate=lambda encoder: {"mAP@10": 0.5})
+    assert read_series(cfg.metrics_dir, "eval/mAP@10")["step"].tolist() == [0, 5, 10, 15]
+    with pytest.raises(ConfigError, match="not both"):
+        tiny_cfg(tmp_path, "both", eval_every=2, eval_every_epochs=1.0)
