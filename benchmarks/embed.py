@@ -6,7 +6,7 @@ process, over the same frames:
 
 - plain: `timm.create_model` + `torch.inference_mode` + a for loop over numpy batches -> float tensor -> model ->
   `F.normalize` (the reference every row is divided by: `x plain`);
-- m3ret: `embed_frames` over the store (DataLoader with 1 worker as `embed.workers` defaults to, and 0), and
+- m3ret: `pool_frames` over the store (DataLoader with 1 worker as `embed.workers` defaults to, and 0), and
   `Encoder.embed` on the frames in memory;
 - knobs: `torch.set_num_threads(1)` against torch's default, batch 64 against 256, NCHW-contiguous input and a
   channels_last model, `torch.compile` (only at the sizes given to `--compile`: compiling a ViT takes minutes on
@@ -56,7 +56,7 @@ from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, load_params
 from m3ret.data.frame_store import ShardWriter, write_frames_table
 from m3ret.eval.benchmark_folder import BenchmarkFolder, evaluate_encoder, load_benchmark_folder
 from m3ret.eval.retrieval_metrics import rank_gallery
-from m3ret.models.embeddings import embed_frames
+from m3ret.models.embeddings import pool_frames
 from m3ret.models.encoder import Encoder, build_encoder, load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,20 +234,20 @@ def bench_size(
             print(f"  {size} px {variant:<44} {n / seconds:8.1f} img/s", flush=True)
 
         def m3ret(enc: Encoder, bsz: int, workers: int) -> Callable[[], np.ndarray]:
-            return lambda: embed_frames(enc, store, n, bsz, workers)
+            return lambda: pool_frames(enc, store, n, bsz, workers)
 
         # one untimed batch through each model: lazy init, allocator, oneDNN primitive caches
         plain_loop(plain, frames[:batch], batch)
         encoder.embed(frames[:batch])
         t = default_threads
         run("plain timm loop (reference)", lambda: plain_loop(plain, frames, batch), batch, t, flops_plain)
-        run("m3ret embed_frames, 1 worker", m3ret(encoder, batch, 1), batch, t, flops_enc, origin)
-        run("m3ret embed_frames, 0 workers", m3ret(encoder, batch, 0), batch, t, flops_enc, origin)
+        run("m3ret pool_frames, 1 worker", m3ret(encoder, batch, 1), batch, t, flops_enc, origin)
+        run("m3ret pool_frames, 0 workers", m3ret(encoder, batch, 0), batch, t, flops_enc, origin)
         run("m3ret Encoder.embed, frames in memory", lambda: encoder.embed(frames, batch), batch, t, flops_enc)
         run("plain, 1 thread", lambda: plain_loop(plain, frames, batch), batch, 1, flops_plain)
-        run("m3ret embed_frames, 1 thread", m3ret(encoder, batch, 1), batch, 1, flops_enc)
+        run("m3ret pool_frames, 1 thread", m3ret(encoder, batch, 1), batch, 1, flops_enc)
         run("plain, batch 64", lambda: plain_loop(plain, frames, 64), 64, t, flops_plain)
-        run("m3ret embed_frames, batch 64", m3ret(encoder, 64, 1), 64, t, flops_enc)
+        run("m3ret pool_frames, batch 64", m3ret(encoder, 64, 1), 64, t, flops_enc)
         run(
             "plain, NCHW-contiguous input",
             lambda: plain_loop(plain, frames, batch, "contiguous"),
@@ -269,24 +269,24 @@ def bench_size(
             start = time.perf_counter()
             twin.embed(frames[:batch], batch)  # compiles for full batches; a smaller last batch recompiles once
             note = f"compile {time.perf_counter() - start:.0f} s, not counted"
-            run("m3ret embed_frames, torch.compile", m3ret(twin, batch, 1), batch, t, flops_enc, note)
+            run("m3ret pool_frames, torch.compile", m3ret(twin, batch, 1), batch, t, flops_enc, note)
         q8 = quantized(encoder)
         q8.embed(frames[:batch])
-        run("m3ret embed_frames, int8 dynamic quant", m3ret(q8, batch, 1), batch, t, flops_enc, "FLOPs as fp32")
-        run("m3ret embed_frames, int8 + 1 thread", m3ret(q8, batch, 1), batch, 1, flops_enc, "FLOPs as fp32")
+        run("m3ret pool_frames, int8 dynamic quant", m3ret(q8, batch, 1), batch, t, flops_enc, "FLOPs as fp32")
+        run("m3ret pool_frames, int8 + 1 thread", m3ret(q8, batch, 1), batch, 1, flops_enc, "FLOPs as fp32")
 
         def bf16() -> np.ndarray:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return embed_frames(encoder, store, n, batch, 1)
+                return pool_frames(encoder, store, n, batch, 1)
 
-        run("m3ret embed_frames, bf16 autocast", bf16, batch, t, flops_enc)
+        run("m3ret pool_frames, bf16 autocast", bf16, batch, t, flops_enc)
         # the load of a shared machine drifts during the rows: the faster reference of the first and last is the base
         run("plain timm loop (reference, again)", lambda: plain_loop(plain, frames, batch), batch, t, flops_plain)
 
-    ref = vectors["m3ret embed_frames, 1 worker"]
-    alternatives = ["m3ret embed_frames, int8 dynamic quant", "m3ret embed_frames, bf16 autocast"]
+    ref = vectors["m3ret pool_frames, 1 worker"]
+    alternatives = ["m3ret pool_frames, int8 dynamic quant", "m3ret pool_frames, bf16 autocast"]
     if size in args.compile:
-        alternatives.append("m3ret embed_frames, torch.compile")
+        alternatives.append("m3ret pool_frames, torch.compile")
     agree = {name: agreement(ref, vectors[name]) for name in alternatives}
     medbench: dict[str, float] = {}
     if bench is not None and origin == "trained" and args.bench_images != 0:
@@ -348,7 +348,7 @@ def agreement_table(results: dict[int, SizeResult]) -> str:
     ]
     for size, res in results.items():
         for name, (mean, low, overlap) in res.agreement.items():
-            short = name.removeprefix("m3ret embed_frames, ")
+            short = name.removeprefix("m3ret pool_frames, ")
             lines.append(f"| {size} | {short} | {mean:.5f} | {low:.5f} | {overlap:.3f} |")
     return "\n".join(lines)
 

@@ -6,7 +6,6 @@ The CLI loads params.yaml once (`load_params`) and hands each library function i
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -489,9 +488,6 @@ def profile_overrides(name: str) -> list[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(value, f"{path}.{key}" if path else str(key))
-        elif isinstance(node, list):
-            # JSON is YAML without the spaces that would split a `$(m3ret profile NAME)` shell word
-            overrides.append(f"{path}={json.dumps(node, separators=(',', ':'))}")
         else:
             flow = yaml.safe_dump(node, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
             overrides.append(f"{path}={flow.replace(' ', '')}")

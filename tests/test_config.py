@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from m3ret.cli import main
 from m3ret.config import (
@@ -54,13 +55,14 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", profile_names())
 def test_profiles_apply_cleanly_to_the_default_params(name: str) -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    parser = OverridesParser.create()  # the grammar `dvc exp run -S` parses overrides with
     for override in profile_overrides(name):
-        key, value = override.split("=", 1)
-        *parents, leaf = key.split(".")
+        parsed = parser.parse_override(override)
+        *parents, leaf = parsed.key_or_group.split(".")
         node = raw
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = parsed.value()
     for section, cls in SECTIONS.items():
         from_dict(cls, raw[section], section)
     assert {"gpu-vit-small", "gpu-vit-base", "cpu-long", "cpu-60min"} <= set(profile_names())
