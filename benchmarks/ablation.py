@@ -23,8 +23,9 @@ import torch
 import yaml
 
 from m3ret.config import PretrainConfig, from_dict, load_params, to_dict
-from m3ret.eval.benchmark_folder import benchmark_vectors, evaluate_vectors, load_benchmark_folder
+from m3ret.eval.benchmark_folder import evaluate_vectors, gallery_rows, load_benchmark_folder
 from m3ret.models.encoder import Encoder
+from m3ret.models.readout import Readout, fit_and_project
 from m3ret.train.pretrain_loop import pretrain
 
 READOUTS = ("mean", "cls", "grid", "mean+grid")
@@ -72,10 +73,15 @@ def main() -> None:
     def evaluate(encoder: Encoder) -> dict[str, float]:
         # called before the first step and after every epoch (eval_every_epochs=1; the last one at the end)
         row: dict = {"epoch": next(epochs_done), "minutes": round((time.perf_counter() - start) / 60, 2)}
-        for pooling in READOUTS:
+        tokens = torch.cat([t.float().cpu() for t in encoder.token_batches(bench.images)])  # once for all readouts
+        has_cls = bool(encoder.vit.has_class_token)
+        for pooling in (p for p in READOUTS if has_cls or "cls" not in p):
+            readout = Readout(pooling, params.readout.grid, encoder.embed_dim, encoder.num_prefix_tokens, has_cls)
+            pooled = torch.cat([readout.pool(chunk) for chunk in tokens.split(1024)])
             for whiten in (False, True):
-                readout = dataclasses.replace(params.readout, pooling=pooling, whiten=whiten)
-                result = evaluate_vectors(benchmark_vectors(encoder, bench, readout), bench)
+                cfg = dataclasses.replace(params.readout, pooling=pooling, whiten=whiten)
+                vectors = fit_and_project(readout, cfg, pooled, gallery_rows(bench)).numpy()
+                result = evaluate_vectors(vectors, bench)
                 name = pooling + (" whitened" if whiten else "")
                 row[name] = {"mean": result.mean["mAP@10"], **{d: m["mAP@10"] for d, m in result.per_dataset.items()}}
         with log.open("a") as f:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from m3ret.config import load_params
-from m3ret.eval.baselines import raw_pixel_embeddings_from_files
+from m3ret.eval.baselines import raw_pixel_embeddings, raw_pixel_embeddings_from_files
 from m3ret.eval.benchmark_folder import benchmark_model_vectors, evaluate_vectors, load_benchmark_folder
 from m3ret.eval.retrieval_metrics import RetrievalResult, format_table
 from m3ret.models.encoder import load_encoder
@@ -46,7 +46,13 @@ def main() -> None:
     )
 
     bench = load_benchmark_folder(args.bench, args.size, cache_dir=args.cache)
-    raw = raw_pixel_embeddings_from_files(bench.table["path"].tolist())
+    # a folder: the README floor exactly (each file squashed to 32x32); a MedMNIST npz: its letterboxed images
+    is_npz = args.bench.suffix == ".npz"
+    raw = (
+        raw_pixel_embeddings(np.asarray(bench.images))
+        if is_npz
+        else raw_pixel_embeddings_from_files(bench.table["path"].tolist())
+    )
     results: dict[str, RetrievalResult] = {}
     for spec in args.encoder:
         name, path = spec.split("=", 1)

@@ -168,7 +168,7 @@ def _search_grid(params: Params, args: argparse.Namespace, query, hits) -> None:
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.eval.evaluate_stage import COMPARISON, evaluate_stage
+    from m3ret.eval.evaluate_stage import COMPARISON, evaluate_pipeline_outputs
     from m3ret.models.embeddings import EmbeddingSet
     from m3ret.models.encoder import load_encoder
 
@@ -180,16 +180,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     index = _index(params)
     try:
         collection = index.collection_name(embeddings.model_version)
-        report = evaluate_stage(
-            index,
-            collection,
-            embeddings,
-            Path(params.preprocess.out),
-            encoder,
-            params.evaluate,
-            params.readout,
-            params.preprocess.size,
-        )
+        report = evaluate_pipeline_outputs(index, collection, embeddings, encoder, params)
     finally:
         index.close()
     print((Path(params.evaluate.out) / COMPARISON).read_text())

@@ -26,7 +26,7 @@ from m3ret.config import Params
 from m3ret.data.ingest import content_hash, ingest
 from m3ret.data.preprocess import preprocess
 from m3ret.data.splits import make_splits
-from m3ret.eval.evaluate_stage import evaluate_stage
+from m3ret.eval.evaluate_stage import evaluate_pipeline_outputs
 from m3ret.index.build import build_collection
 from m3ret.index.milvus_index import MilvusIndex
 from m3ret.models.embeddings import EmbeddingSet, embed_pipeline_outputs, embed_with_retrieval_model, model_version
@@ -102,16 +102,7 @@ def rebuild_for_new_model(params: Params, token: str = "") -> RebuildReport:
     index = MilvusIndex(params.index, token)
     try:
         name = build_collection(index, embeddings)
-        gate = evaluate_stage(
-            index,
-            name,
-            embeddings,
-            Path(params.preprocess.out),
-            encoder,
-            params.evaluate,
-            params.readout,
-            params.preprocess.size,
-        )
+        gate = evaluate_pipeline_outputs(index, name, embeddings, encoder, params)
     finally:
         index.close()
     log.info("new model %s: gate %s", embeddings.model_version, gate["reason"])

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from m3ret.config import EvaluateConfig, IndexConfig, ReadoutConfig
+from m3ret.config import EvaluateConfig, IndexConfig, Params, ReadoutConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
 from m3ret.eval.baselines import random_init_like, raw_pixel_embeddings
@@ -174,3 +174,19 @@ def evaluate_stage(
     }
     (out / GATE_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def evaluate_pipeline_outputs(
+    index: MilvusIndex, collection: str, embeddings: EmbeddingSet, encoder: Encoder, params: Params
+) -> dict[str, Any]:
+    """`evaluate_stage` of `collection` with the pipeline's own frame store and params.yaml's sections."""
+    return evaluate_stage(
+        index,
+        collection,
+        embeddings,
+        Path(params.preprocess.out),
+        encoder,
+        params.evaluate,
+        params.readout,
+        params.preprocess.size,
+    )

@@ -6,6 +6,7 @@ into 3 channels, so nothing here depends on the modality.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,12 @@ class Encoder(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - self.pixel_mean) / self.pixel_std
 
-    @torch.inference_mode()
-    def pooled(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
-        """Stored frames uint8 [N, H, W, 3] (channels last, as in the shards) -> the readout's pooled vectors float32
-        [N, D'] on CPU, before whitening (what the whitening is fitted on).
+    def token_batches(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Iterator[Tensor]:
+        """Stored frames uint8 [N, H, W, 3] (channels last, as in the shards) -> final tokens [B, P + N, D] per batch
+        of `batch_size`, on the model's device.
 
-        Frames are resized (bilinear, antialiased) to `img_size` when needed. Runs in eval mode (no stochastic
-        depth), in batches of `batch_size`, under bf16 autocast on CUDA; the training flag is restored afterwards.
+        Frames are resized (bilinear, antialiased) to `img_size` when needed. Runs under `inference_mode` in eval mode
+        (no stochastic depth), under bf16 autocast on CUDA; the training flag is restored afterwards.
         """
         frames = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
@@ -101,21 +101,25 @@ class Encoder(nn.Module):
         size = self.cfg.img_size
         was_training = self.training
         self.eval()
-        out = []
         try:
             for start in range(0, len(frames), batch_size):
-                x = frames[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2)
-                x = x.float() / 255.0
-                if x.shape[-2:] != (size, size):
-                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    tokens = self.forward_tokens(self.normalise(x.clamp(0.0, 1.0)))
-                out.append(self.readout.pool(tokens).float().cpu())
+                with torch.inference_mode():
+                    x = frames[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2)
+                    x = x.float() / 255.0
+                    if x.shape[-2:] != (size, size):
+                        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                        tokens = self.forward_tokens(self.normalise(x.clamp(0.0, 1.0)))
+                yield tokens
         finally:
             self.train(was_training)
-        if not out:
-            return torch.zeros(0, self.readout.pooled_dim)
-        return torch.cat(out)
+
+    @torch.inference_mode()
+    def pooled(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
+        """Stored frames uint8 [N, H, W, 3] -> the readout's pooled vectors float32 [N, D'] on CPU, before whitening
+        (what the whitening is fitted on); see `token_batches`."""
+        out = [self.readout.pool(tokens).float().cpu() for tokens in self.token_batches(frames, batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.readout.pooled_dim)
 
     @torch.inference_mode()
     def embed(self, frames: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
