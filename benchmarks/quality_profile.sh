@@ -26,7 +26,7 @@ python benchmarks/pretrain_quality.py --bench "$bench/medmnist/breastmnist.npz" 
 cp params.yaml "$out/params.yaml"
 cp reports/pretrain/metrics.json "$out/pretrain_metrics.json"
 rm -rf "$out/curve" && cp -r reports/pretrain/plots/metrics/eval "$out/curve"
-refs=$(python - "$out/medbench.json" <<'PY'
+mapfile -t refs < <(python - "$out/medbench.json" <<'PY'
 import json, sys
 models = json.load(open(sys.argv[1]))["models"]
 for title, result in models.items():
@@ -34,8 +34,7 @@ for title, result in models.items():
         print(f"--ref={title.split(' (')[0]}={result['mean']['mAP@10']:.4f}")
 PY
 )
-# shellcheck disable=SC2086
-python benchmarks/plot_pretrain_curves.py --run "$profile=$out/curve" $refs --out "$out/learning_curve.png" \
+python benchmarks/plot_pretrain_curves.py --run "$profile=$out/curve" "${refs[@]}" --out "$out/learning_curve.png" \
   --title "$profile: medbench mAP@10 per epoch (point 0 = random init, same readout)"
 python - "$out/run.json" "$train_s" "$(( $(date +%s) - start ))" <<'PY'
 import json, os, platform, sys
