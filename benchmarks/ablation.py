@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -73,7 +74,7 @@ def main() -> None:
     def evaluate(encoder: Encoder) -> dict[str, float]:
         # called before the first step and after every epoch (eval_every_epochs=1; the last one at the end)
         row: dict = {"epoch": next(epochs_done), "minutes": round((time.perf_counter() - start) / 60, 2)}
-        tokens = torch.cat([t.float().cpu() for t in encoder.token_batches(bench.images)])  # once for all readouts
+        tokens = torch.cat([t.float().cpu() for t in encoder.token_batches(np.array(bench.images))])  # once for all
         has_cls = bool(encoder.vit.has_class_token)
         for pooling in (p for p in READOUTS if has_cls or "cls" not in p):
             readout = Readout(pooling, params.readout.grid, encoder.embed_dim, encoder.num_prefix_tokens, has_cls)
