@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m3ret.config import ModelConfig, from_dict
-from m3ret.models.readout import Readout
+from m3ret.models.readout import POOLINGS, Readout
 
 # Per-channel statistics that map [0, 1] pixels to roughly zero mean, unit scale. There are no pretrained weights to
 # match (everything is trained from scratch), so a modality-neutral constant beats ImageNet's colour statistics.
@@ -73,10 +73,9 @@ class Encoder(nn.Module):
         return self.vit.forward_features(x)
 
     def pool(self, tokens: Tensor) -> Tensor:
-        """Tokens [B, P + N, D] -> [B, D]: the class token, or the mean of the patch tokens."""
-        if self.cfg.pooling == "cls":
-            return tokens[:, 0]
-        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        """Tokens [B, P + N, D] -> [B, D]: the training pooling `cfg.pooling`, the class token or the mean of the
+        patch tokens (the readout's own parts, unnormalised)."""
+        return POOLINGS[self.cfg.pooling](tokens, self.num_prefix_tokens, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalised images [B, 3, H, W] -> pooled features [B, D] (not L2-normalised)."""

@@ -3,7 +3,8 @@
 Two steps, both part of the model (saved with the encoder, so gallery and query vectors always share them):
 - pooling, a '+'-joined concatenation of parts (`cls`, `mean`, `grid`); each part is L2-normalised before the
   concatenation, so every part weighs the same whatever its dimension. `grid` keeps the layout that a mean discards:
-  the patch tokens averaged over a g x g grid of image regions, concatenated in row-major order (g^2 D values).
+  the patch tokens averaged over a g x g grid of image regions (g^2 D values, channel-major: the g^2 cells of
+  channel 0 first).
 - an optional PCA whitening (Jegou & Chum 2012, "Negative evidences and co-occurrences in image retrieval"):
   y = Lambda^(-1/2) U^T (x - mu), fitted on the gallery's own pooled vectors (no labels) at index time, with the
   eigenvalues shrunk towards their mean (Lambda + s mean(Lambda) I) so that near-empty directions are not blown up.
