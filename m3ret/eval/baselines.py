@@ -16,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 
+from m3ret.config import ReadoutConfig
 from m3ret.models.encoder import Encoder, build_encoder
+from m3ret.models.readout import Readout, fit_and_project, whiten_on
 
 
 def _grey_thumbnail(image: Image.Image, size: int) -> np.ndarray:
@@ -69,3 +73,19 @@ def random_init_like(encoder: Encoder) -> Encoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return build_encoder(encoder.cfg).to(encoder.pixel_mean.device).eval()
+
+
+def floor_vectors(
+    random_readout: Readout, readout: ReadoutConfig, random_pooled: Tensor, raw_pixels: np.ndarray, fit_rows: Tensor
+) -> dict[str, np.ndarray]:
+    """The floors per row, for a fair comparison under `readout`: "random init" (`random_pooled` [N, D'] through the
+    random encoder's readout, whitened when `readout.whiten` with the whitening fitted on rows `fit_rows`) and
+    "raw pixels" ([N, P] as given); with whitening, also "random init unwhitened" and "raw pixels whitened"."""
+    out = {
+        "random init": fit_and_project(random_readout, readout, random_pooled, fit_rows).numpy(),
+        "raw pixels": np.asarray(raw_pixels, np.float32),
+    }
+    if readout.whiten:
+        out["random init unwhitened"] = F.normalize(random_pooled, dim=-1).numpy()
+        out["raw pixels whitened"] = whiten_on(torch.from_numpy(out["raw pixels"]), fit_rows, readout).numpy()
+    return out

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -31,10 +30,10 @@ from m3ret.data.image_reader import read_image
 from m3ret.data.medmnist_reader import iter_medmnist
 from m3ret.data.preprocess import to_rgb
 from m3ret.data.resize import letterbox
-from m3ret.eval.baselines import random_init_like
+from m3ret.eval.baselines import floor_vectors, random_init_like
 from m3ret.eval.retrieval_metrics import RetrievalResult, evaluate_embeddings
 from m3ret.models.encoder import Encoder
-from m3ret.models.readout import Readout, fit_and_project, whiten_on
+from m3ret.models.readout import Readout, fit_and_project
 
 REQUIRED_COLUMNS = ("dataset", "path", "label", "group_id", "role")
 # Bump when decoding or letterboxing changes, so stale caches are not reused.
@@ -212,21 +211,15 @@ def benchmark_vectors(
 
 
 def benchmark_model_vectors(
-    encoder: Encoder, bench: BenchmarkFolder, readout: ReadoutConfig, raw_pixels: np.ndarray, baselines: bool = True
+    encoder: Encoder, bench: BenchmarkFolder, readout: ReadoutConfig, raw_pixels: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """Vectors [N, K] per model, for a fair comparison under one readout: "encoder" and "random init" (the same
-    architecture, seed 0) through `readout`, "raw pixels" (`raw_pixels` [N, D], the README floor as given); with
-    `readout.whiten`, also "random init unwhitened" and "raw pixels whitened" (fitted on the gallery rows)."""
+    """Vectors [N, K] per model: "encoder" through `readout`, then, unless `raw_pixels` is None, the floors of
+    `floor_vectors` (random init of the same architecture, seed 0, and `raw_pixels` [N, D], the README floor as
+    given), every whitening fitted on the gallery rows."""
     out = {"encoder": benchmark_vectors(encoder, bench, readout)}
-    if not baselines:
-        return out
-    fitted, pooled = _pooled(random_init_like(encoder), bench, readout, 256)
-    out["random init"] = fit_and_project(fitted, readout, pooled, gallery_rows(bench)).numpy()
-    out["raw pixels"] = np.asarray(raw_pixels, np.float32)
-    if readout.whiten:
-        out["random init unwhitened"] = F.normalize(pooled, dim=-1).numpy()
-        raw = torch.from_numpy(np.asarray(raw_pixels, np.float32))
-        out["raw pixels whitened"] = whiten_on(raw, gallery_rows(bench), readout).numpy()
+    if raw_pixels is not None:
+        fitted, pooled = _pooled(random_init_like(encoder), bench, readout, 256)
+        out.update(floor_vectors(fitted, readout, pooled, raw_pixels, gallery_rows(bench)))
     return out
 
 

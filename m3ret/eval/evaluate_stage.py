@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from m3ret.config import EvaluateConfig, IndexConfig, Params, ReadoutConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
-from m3ret.eval.baselines import random_init_like, raw_pixel_embeddings
+from m3ret.eval.baselines import floor_vectors, random_init_like, raw_pixel_embeddings
 from m3ret.eval.gate import decide_gate, record_published
 from m3ret.eval.index_evaluation import (
     IndexEvaluation,
@@ -39,7 +38,6 @@ from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings
 from m3ret.index.milvus_index import MilvusIndex, is_server_uri
 from m3ret.models.embeddings import EmbeddingSet, item_vectors
 from m3ret.models.encoder import Encoder
-from m3ret.models.readout import fit_and_project, whiten_on
 
 GATE_REPORT, COMPARISON = "gate.json", "comparison.md"
 log = logging.getLogger(__name__)
@@ -48,10 +46,9 @@ log = logging.getLogger(__name__)
 def _baseline_item_vectors(
     frames_dir: Path, embeddings: EmbeddingSet, encoder: Encoder, readout: ReadoutConfig
 ) -> dict[str, np.ndarray]:
-    """Item vectors [M, D'] (rows in `embeddings.items` order) of the floors, each the renormalised mean over the
-    item's frames: raw pixels and a randomly initialised encoder of the same architecture under the same `readout`
-    (whitening fitted on the frames of `readout.fit_splits`, as the encoder's was); with whitening, both also the
-    other way ("random init unwhitened", "raw pixels whitened")."""
+    """Item vectors [M, D'] (rows in `embeddings.items` order) of the floors (`floor_vectors`: random init of the same
+    architecture under `readout`, raw pixels; with whitening fitted on the frames of `readout.fit_splits` as the
+    encoder's was), each the renormalised mean over the item's frames."""
     store = FrameStore(frames_dir)
     random = random_init_like(encoder)
     random.set_readout(readout.pooling, readout.grid)
@@ -63,14 +60,7 @@ def _baseline_item_vectors(
     split_of = embeddings.items.set_index("item_id")["split"]
     frame_items = store.table["item_id"].to_numpy()
     fit_rows = torch.from_numpy(split_of.reindex(frame_items).isin(readout.fit_splits).to_numpy())
-    raw_frames, pooled_frames = np.concatenate(raw), torch.cat(pooled)
-    per_frame = {
-        "raw pixels": raw_frames,
-        "random init": fit_and_project(random.readout, readout, pooled_frames, fit_rows).numpy(),
-    }
-    if readout.whiten:
-        per_frame["random init unwhitened"] = F.normalize(pooled_frames, dim=-1).numpy()
-        per_frame["raw pixels whitened"] = whiten_on(torch.from_numpy(raw_frames), fit_rows, readout).numpy()
+    per_frame = floor_vectors(random.readout, readout, torch.cat(pooled), np.concatenate(raw), fit_rows)
     order = embeddings.items["item_id"].to_numpy()
     out = {}
     for name, vectors in per_frame.items():

@@ -259,8 +259,8 @@ def evaluate_benchmark(
     """
     bench = load_benchmark_folder(Path(bench_path), size, cache_dir=Path(cfg.cache) if cfg.cache else None)
     table = bench.table.rename(columns={"group_id": "group", "role": "split"})
-    raw = raw_pixel_embeddings(np.asarray(bench.images)) if cfg.baselines else np.zeros((len(table), 1), np.float32)
-    vectors = benchmark_model_vectors(encoder, bench, readout, raw, cfg.baselines)
+    raw = raw_pixel_embeddings(np.asarray(bench.images)) if cfg.baselines else None
+    vectors = benchmark_model_vectors(encoder, bench, readout, raw)
     return {
         name: evaluate_vectors_in_index(index_cfg, table, v, cfg.k, BENCH_LABEL, collection_version(name))
         for name, v in vectors.items()
