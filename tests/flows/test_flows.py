@@ -93,7 +93,7 @@ def test_drift_flow_compares_the_latest_batch_and_can_start_a_refresh(world, tmp
     assert summary["batch"] == batch.name
     overall = summary["scopes"][0]
     assert (overall["scope"], overall["status"], overall["n_current"]) == ("all", "tested", 16)
-    assert summary["drifted"] and overall["drifted"]
+    assert summary["drifted"] and overall["drifted"], overall
     html = Path(summary["files"]["html"])
     assert html.parent == Path(world.drift.out) / batch.name and html.stat().st_size > 0
     markdown = _artifact(state.state_details.flow_run_id, "m3ret-drift")

@@ -64,9 +64,7 @@ def tiny_params() -> dict:
         "embed": {"workers": 0},
         "index": {"index_type": "FLAT", "insert_batch": 50},
         "evaluate": {"baselines": False},
-        # the classifier test: on 16-24 rows a side the MMD of the whitened vectors sits near its fixed threshold
-        # (0.015) and its verdict flipped between runs (cause not pinned down); noise against stripes is AUC ~1 here
-        "drift": {"method": "model", "min_rows": 16, "max_rows": 200},
+        "drift": {"min_rows": 16, "max_rows": 200},
     }
 
 
