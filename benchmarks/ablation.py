@@ -14,7 +14,6 @@ mean and per-dataset mAP@10 per readout) and prints each as it comes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from m3ret.config import PretrainConfig, from_dict, load_params, to_dict
+from m3ret.config import PretrainConfig, from_dict, load_params, replace, to_dict
 from m3ret.eval.benchmark_folder import evaluate_vectors, gallery_rows, load_benchmark_folder
 from m3ret.models.encoder import Encoder
 from m3ret.models.readout import Readout, fit_and_project
@@ -80,7 +79,7 @@ def main() -> None:
             readout = Readout(pooling, params.readout.grid, encoder.embed_dim, encoder.num_prefix_tokens, has_cls)
             pooled = torch.cat([readout.pool(chunk) for chunk in tokens.split(1024)])
             for whiten in (False, True):
-                cfg = dataclasses.replace(params.readout, pooling=pooling, whiten=whiten)
+                cfg = replace(params.readout, pooling=pooling, whiten=whiten)
                 vectors = fit_and_project(readout, cfg, pooled, gallery_rows(bench)).numpy()
                 result = evaluate_vectors(vectors, bench)
                 name = pooling + (" whitened" if whiten else "")

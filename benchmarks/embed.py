@@ -41,7 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from pretrain import count_flops, matmul_flops  # benchmarks/pretrain.py, next to this script
 from torch import Tensor, nn
 
-from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, load_params
+from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, load_params, replace
 from m3ret.data.frame_store import ShardWriter, write_frames_table
 from m3ret.eval.benchmark_folder import BenchmarkFolder, evaluate_encoder, load_benchmark_folder
 from m3ret.eval.retrieval_metrics import rank_gallery

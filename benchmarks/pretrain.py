@@ -27,7 +27,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from m3ret.config import PretrainConfig, load_params
+from m3ret.config import PretrainConfig, load_params, replace
 from m3ret.models.encoder import build_encoder
 from m3ret.models.objectives import build_objective
 from m3ret.train.pretrain_loop import build_optimizer

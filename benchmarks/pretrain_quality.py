@@ -12,14 +12,13 @@ Prints one markdown table per model (per dataset P@1, mAP@10, R@10) and a summar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from m3ret.config import load_params
+from m3ret.config import load_params, replace, to_dict
 from m3ret.eval.baselines import raw_pixel_embeddings, raw_pixel_embeddings_from_files
 from m3ret.eval.benchmark_folder import benchmark_model_vectors, evaluate_vectors, load_benchmark_folder
 from m3ret.eval.retrieval_metrics import RetrievalResult, format_table
@@ -41,9 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     readout = load_params(args.params).readout
-    readout = dataclasses.replace(
-        readout, pooling=args.pooling or readout.pooling, whiten=readout.whiten and not args.no_whiten
-    )
+    readout = replace(readout, pooling=args.pooling or readout.pooling, whiten=readout.whiten and not args.no_whiten)
 
     bench = load_benchmark_folder(args.bench, args.size, cache_dir=args.cache)
     # a folder: the README floor exactly (each file squashed to 32x32); a MedMNIST npz: its letterboxed images
@@ -72,7 +69,7 @@ def main() -> None:
         print(f"| {title} | {m['P@1']:.3f} | {m['mAP@10']:.3f} | {m['R@10']:.3f} |")
     if args.json:
         summary = {t: {"mean": r.mean, "per_dataset": r.per_dataset} for t, r in results.items()}
-        args.json.write_text(json.dumps({"readout": dataclasses.asdict(readout), "models": summary}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"readout": to_dict(readout), "models": summary}, indent=2) + "\n")
     best = max((r.mean["mAP@10"], t) for t, r in results.items())
     print(f"\nbest mean mAP@10: {best[0]:.3f} ({best[1]}); n_queries={int(np.sum(bench.table['role'] == 'query'))}")
 

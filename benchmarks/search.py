@@ -28,14 +28,14 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pymilvus
 
-from m3ret.config import IndexConfig
+from m3ret.config import IndexConfig, replace
 from m3ret.index.filters import SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
 from m3ret.index.schema import SCALAR_FIELDS, VECTOR_FIELD, index_params

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3ret.config import ConfigError, Params, load_params, profile_names, profile_summary
+from m3ret.config import ConfigError, Params, load_params, profile_names, profile_summary, replace
 from m3ret.data.errors import InputError
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError
@@ -189,13 +189,12 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
 
 def _evaluate_bench(params: Params, bench: Path, encoder) -> None:
     """`m3ret evaluate --bench DIR|FILE.npz`: the encoder and the two floors on a labeled benchmark, no gate."""
-    import dataclasses
     import tempfile
 
     from m3ret.eval.index_evaluation import evaluate_benchmark, format_comparison, write_evaluation_outputs
 
     with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
-        index_cfg = dataclasses.replace(params.index, uri=str(Path(scratch) / "bench.db"))
+        index_cfg = replace(params.index, uri=str(Path(scratch) / "bench.db"))
         results = evaluate_benchmark(bench, encoder, params.evaluate, params.readout, index_cfg, params.preprocess.size)
     out = Path(params.evaluate.out) / f"bench-{bench.stem}"
     write_evaluation_outputs(results, out)

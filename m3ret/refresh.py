@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from m3ret.config import Params
+from m3ret.config import Params, replace
 from m3ret.data.ingest import content_hash, ingest
 from m3ret.data.preprocess import preprocess
 from m3ret.data.splits import make_splits
@@ -177,9 +177,7 @@ def _scan(params: Params, salt: bytes, state_dir: Path) -> tuple[pd.DataFrame, p
     """Ingest every source (the content-hash cache makes unchanged files cheap) -> (manifest, rejects with the
     item id their bytes would have, "" when unreadable)."""
     scan = state_dir / "scan"
-    cfg = dataclasses.replace(
-        params.ingest, out=str(scan / "manifest.parquet"), quarantine=str(scan / "quarantine.csv")
-    )
+    cfg = replace(params.ingest, out=str(scan / "manifest.parquet"), quarantine=str(scan / "quarantine.csv"))
     manifest, rejects = ingest(cfg, params.read, salt)
     rejects = rejects.assign(item_id=[_item_id_of(p) for p in rejects["path"]])
     return manifest, rejects.drop_duplicates("path")
@@ -204,7 +202,7 @@ def _index_batch(
     batch_dir.mkdir(parents=True, exist_ok=True)
     new.to_parquet(batch_dir / "manifest.parquet", index=False)
     frames_dir = batch_dir / "frames"
-    frames, rejects = preprocess(new, dataclasses.replace(params.preprocess, out=str(frames_dir)), params.read)
+    frames, rejects = preprocess(new, replace(params.preprocess, out=str(frames_dir)), params.read)
     done = new[new["item_id"].isin(frames["item_id"])]
     reasons = dict(zip(rejects["path"], rejects["reason"], strict=False))
     failed = new.loc[~new["item_id"].isin(done["item_id"]), ["item_id", "path"]]
@@ -214,7 +212,7 @@ def _index_batch(
     # the split rule is a keyed hash of the group, so these items land where a full rerun would put them
     splits = make_splits(done, params.split)
     summary = embed_with_retrieval_model(
-        dataclasses.replace(params.embed, out=str(batch_dir)), frames_dir, done, splits, params.preprocess, params.read
+        replace(params.embed, out=str(batch_dir)), frames_dir, done, splits, params.preprocess, params.read
     )
     if index.collection_name(summary["model_version"]) != collection:
         raise ModelVersionError(f"the encoder changed during the refresh (now {summary['model_version']})")

@@ -1,8 +1,9 @@
 """The retrieval service: upload a file, get the most similar indexed cases (BentoML 1.4, `bentoml serve`).
 
 Environment: M3RET_MODEL_TAG (BentoML model store tag, default `m3ret-encoder:latest`, see serving/model_store.py),
-M3RET_PARAMS (params file for the index, serve and preprocess sections, default `params.yaml`), M3RET_INDEX_URI
-(overrides `index.uri`, e.g. a `milvus-lite server` or Milvus cluster URL), M3RET_MILVUS_TOKEN.
+M3RET_PARAMS (params file for the index, serve and preprocess sections, default `params.yaml`), and the variables
+every params file honours (`m3ret.config.ENVIRONMENT`: M3RET_INDEX_URI, e.g. a `milvus-lite server` or Milvus
+cluster URL, and M3RET_MILVUS_TOKEN).
 
 A query goes through the same reader, windowing, letterbox and encoder as the indexed items: the read and
 preprocess settings come with the imported model, not from the local params file. Forward passes go through one
@@ -17,7 +18,6 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -107,13 +107,11 @@ class Retrieval:
     def __init__(self) -> None:
         params = load_params(os.environ.get("M3RET_PARAMS", "params.yaml"))
         index_cfg = params.index
-        if uri := os.environ.get("M3RET_INDEX_URI"):
-            index_cfg = replace(index_cfg, uri=uri)
         self.serve_cfg = params.serve
         self.encoder, self.read_cfg, self.preprocess_cfg, self.model_version = load_imported(
             str(self.encoder_model.tag)
         )
-        self.index = MilvusIndex(index_cfg, token=os.environ.get("M3RET_MILVUS_TOKEN", ""))
+        self.index = MilvusIndex(index_cfg)
         self.collection = self.index.collection_name(self.model_version)
         self.thumbnails: Thumbnails | None = None
         try:

@@ -13,12 +13,16 @@ from m3ret.cli import main
 from m3ret.config import (
     SECTIONS,
     ConfigError,
+    IngestConfig,
     PretrainConfig,
+    ReadoutConfig,
     from_dict,
     load_params,
     profile_names,
     profile_overrides,
     profile_summary,
+    replace,
+    to_dict,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,16 +38,49 @@ def test_repository_params_load_and_cover_every_section() -> None:
 @pytest.mark.parametrize(
     ("section", "match"),
     [
-        ({"objective": "mae", "modle": {}}, r"unknown key\(s\) \['modle'\] in pretrain"),
-        ({"model": {"img_size": "big"}}, r"pretrain.model.img_size must be int"),
-        ({"epochs": True}, r"pretrain.epochs must be a number"),
-        ({"model": {"pooling": "max"}}, r"pretrain.model.pooling='max'; valid: \['cls', 'mean'\]"),
-        ({"optim": {"betas": [0.9]}}, r"pretrain.optim.betas must have 2 entries"),
+        ({"objective": "mae", "modle": {}}, r"unknown key\(s\) \['modle'\] in pretrain; valid: \['augment', "),
+        ({"model": {"img_size": "big"}}, r"pretrain.model.img_size: Input should be a valid integer.*'big'"),
+        ({"epochs": True}, r"pretrain.epochs: must be a number, not true/false"),
+        ({"model": {"pooling": "max"}}, r"pretrain.model.pooling: Input should be 'cls' or 'mean' \(got 'max'\)"),
+        ({"optim": {"betas": [0.9]}}, r"pretrain.optim.betas\[1\]: Field required"),
+        ({"mae": {"mask_ratio": "x"}, "eval_every": 1, "eval_every_epochs": 1}, r"pretrain.mae.mask_ratio: .*"),
     ],
 )
 def test_bad_pretrain_values_name_the_key(section: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         from_dict(PretrainConfig, section, "pretrain")
+
+
+def test_yaml_values_are_coerced_where_the_meaning_is_clear() -> None:
+    cfg = from_dict(PretrainConfig, {"optim": {"lr": "1e-3", "betas": [0.9, 0.99]}, "splits": ["pretrain"]})
+    assert cfg.optim.lr == 0.001 and cfg.optim.betas == (0.9, 0.99) and cfg.splits == ("pretrain",)
+    source = from_dict(IngestConfig, {"sources": [{"path": "scans", "dataset": 2024}]}, "ingest").sources[0]
+    assert source.dataset == "2024"
+    with pytest.raises(ConfigError, match=r"ingest.sources\[0\]; valid: \['dataset', 'modality', 'path'\]"):
+        from_dict(IngestConfig, {"sources": [{"path": "scans", "datset": "x"}]}, "ingest")
+
+
+def test_cross_field_rules_and_replace_validate_again() -> None:
+    with pytest.raises(ConfigError, match="pretrain: set eval_every .* not both"):
+        from_dict(PretrainConfig, {"eval_every": 5, "eval_every_epochs": 1.0}, "pretrain")
+    base = from_dict(ReadoutConfig, {})
+    assert replace(base, whiten=False).whiten is False and base.whiten is True
+    with pytest.raises(ConfigError, match="fit_splits must not include 'query'"):
+        replace(base, fit_splits=("gallery", "query"))
+
+
+def test_secrets_come_from_the_environment_and_stay_out_of_dumps(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("index: {uri: data/x.db}\n")
+    environ = {"M3RET_MILVUS_TOKEN": "root:Milvus", "M3RET_INDEX_URI": "http://127.0.0.1:19530", "M3RET_ID_SALT": "s"}
+    params = load_params(tmp_path / "params.yaml", environ)
+    assert (params.index.token, params.index.uri, params.ingest.id_salt) == (
+        "root:Milvus",
+        environ["M3RET_INDEX_URI"],
+        "s",
+    )
+    assert "token" not in to_dict(params.index) and "id_salt" not in to_dict(params.ingest)
+    assert "root:Milvus" not in repr(params)
+    assert load_params(tmp_path / "params.yaml", {}).index.uri == "data/x.db"
 
 
 def test_unknown_section_is_refused(tmp_path: Path) -> None:

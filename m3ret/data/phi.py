@@ -12,6 +12,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from m3ret.config import IngestConfig
+
 # Header keywords that identify a person or carry free text; never allowed in any output, at any depth.
 PHI_KEYWORDS = frozenset(
     {
@@ -61,6 +63,11 @@ def load_or_create_salt(path: Path) -> bytes:
     if len(salt) < 16:
         raise ValueError(f"{path}: the id salt must be at least 16 characters")
     return salt.encode()
+
+
+def ingest_salt(cfg: IngestConfig) -> bytes:
+    """The salt of `cfg`: `id_salt` when given (the environment's M3RET_ID_SALT), else `salt_file`'s."""
+    return cfg.id_salt.encode() if cfg.id_salt else load_or_create_salt(Path(cfg.salt_file))
 
 
 def salted_hash(value: str, salt: bytes) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m3ret.config import EvaluateConfig, IndexConfig, Params, ReadoutConfig
+from m3ret.config import EvaluateConfig, IndexConfig, Params, ReadoutConfig, replace
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
 from m3ret.eval.baselines import floor_vectors, random_init_like, raw_pixel_embeddings
@@ -74,7 +74,7 @@ def _scratch_index(index: MilvusIndex, folder: str) -> IndexConfig:
     one client per process and closing it stops its server)."""
     if is_server_uri(index.cfg.uri):
         return index.cfg
-    return dataclasses.replace(index.cfg, uri=str(Path(folder) / "scratch.db"))
+    return replace(index.cfg, uri=str(Path(folder) / "scratch.db"))
 
 
 def evaluate_splits(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import MPEG4HP41, JPEG2000Lossless, RLELossless
 
-from m3ret.config import LimitsConfig, ReadConfig, WindowingConfig
+from m3ret.config import LimitsConfig, ReadConfig, WindowingConfig, replace
 from m3ret.data.dicom_reader import HEADER_ALLOWLIST, group_dicom_series, read_dicom, read_dicom_hu
 from m3ret.data.errors import InputTooLargeError, PHIRiskError, UnreadableInputError
 from m3ret.data.intensity import window_to_uint8

@@ -1,6 +1,5 @@
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from m3ret.config import EvaluateConfig, IndexConfig, ModelConfig, ReadoutConfig
+from m3ret.config import EvaluateConfig, IndexConfig, ModelConfig, ReadoutConfig, replace
 from m3ret.eval.baselines import raw_pixel_embeddings
 from m3ret.eval.benchmark_folder import load_benchmark_folder
 from m3ret.eval.index_evaluation import (

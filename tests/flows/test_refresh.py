@@ -3,7 +3,6 @@ and vanished ones replaced, a crash half-way repaired by the next run, and a new
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 from tiny_world import N_IMAGES, SALT, write_png
 
-from m3ret.config import ModelConfig, Params, to_dict
+from m3ret.config import ModelConfig, Params, replace, to_dict
 from m3ret.data.ingest import file_digest
 from m3ret.eval.gate import record_published
 from m3ret.index.filters import SearchFilter
@@ -161,14 +160,14 @@ def test_new_model_is_kept_out_until_its_gate_passes(world, tmp_path):
     # a gate no candidate can pass (1.5 x the published model's perfect score) keeps the new model out
     gate_file = Path(world.evaluate.gate_file)
     record_published(gate_file, published_before, published_before.removeprefix("m3ret_"), 1.0)
-    strict = dataclasses.replace(world, evaluate=dataclasses.replace(world.evaluate, gate_min_ratio=1.5))
+    strict = replace(world, evaluate=replace(world.evaluate, gate_min_ratio=1.5))
     refused = rebuild_for_new_model(strict)
     assert not refused.published
     index = MilvusIndex(world.index)
     assert index.current() == published_before
     index.close()
     assert new_model_version(world) == version
-    lenient = dataclasses.replace(world, evaluate=dataclasses.replace(world.evaluate, gate_min_ratio=0.0))
+    lenient = replace(world, evaluate=replace(world.evaluate, gate_min_ratio=0.0))
     passed = rebuild_for_new_model(lenient)
     assert passed.published and passed.collection != published_before
     assert json.loads(gate_file.read_text())["collection"] == passed.collection

@@ -1,9 +1,7 @@
-from dataclasses import replace
-
 import pytest
 import torch
 
-from m3ret.config import AugmentConfig
+from m3ret.config import AugmentConfig, replace
 from m3ret.models.augment import BatchAugment
 
 PLAIN = AugmentConfig(crop_scale=(1.0, 1.0), hflip=0.0, vflip=0.0, brightness=0.0, contrast=0.0, blur_prob=0.0)

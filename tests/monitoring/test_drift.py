@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from m3ret.config import DriftConfig
+from m3ret.config import DriftConfig, replace
 from m3ret.models.embeddings import EmbeddingSet
 from m3ret.monitoring.drift import drift_stage, embedding_drift, write_drift_report
 from m3ret.monitoring.drift_plot import DRIFTED

@@ -1,11 +1,9 @@
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from m3ret.config import ConfigError, ModelConfig, PretrainConfig
+from m3ret.config import ConfigError, ModelConfig, PretrainConfig, replace
 from m3ret.data.frame_store import FRAME_COLUMNS, FrameStore, ShardWriter, write_frames_table
 from m3ret.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from m3ret.train.pretrain_loop import StepBatchSampler, pretrain, select_frames
@@ -54,7 +52,7 @@ def tiny_cfg(tmp_path, name, **overrides):
         out=str(tmp_path / name / "model"),
         metrics_dir=str(tmp_path / name / "metrics"),
     )
-    return dataclasses.replace(base, **overrides)
+    return replace(base, **overrides)
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +151,7 @@ def test_finished_run_is_a_no_op(data, tmp_path):
     cfg = tiny_cfg(tmp_path, "run", epochs=0.4)  # 2 steps
     done = pretrain(cfg, frames_dir, splits_path)
     assert done["steps"] == 2
-    again = pretrain(dataclasses.replace(cfg, log_every=1), frames_dir, splits_path)
+    again = pretrain(replace(cfg, log_every=1), frames_dir, splits_path)
     assert again["steps"] == 2 and again["loss"] == done["loss"]
     assert [p.name for p in list_checkpoints(cfg.out)] == ["ckpt-00000002.pt"]
 
@@ -161,7 +159,7 @@ def test_finished_run_is_a_no_op(data, tmp_path):
 def test_simdino_trains(data, tmp_path):
     frames_dir, splits_path = data
     cfg = tiny_cfg(tmp_path, "simdino", objective="simdino", epochs=0.4)
-    cfg = dataclasses.replace(cfg, simdino=dataclasses.replace(cfg.simdino, local_size=16, n_local=1))
+    cfg = replace(cfg, simdino=replace(cfg.simdino, local_size=16, n_local=1))
     result = pretrain(cfg, frames_dir, splits_path)
     assert result["steps"] == 2 and np.isfinite(result["loss"])
     assert (tmp_path / "simdino" / "model" / "encoder.pt").exists()
@@ -173,7 +171,7 @@ def test_checkpoints_of_another_run_are_not_resumed(data, tmp_path):
     pretrain(cfg, frames_dir, splits, max_steps=4)
     assert load_checkpoint(latest_checkpoint(cfg.out))["step"] == 4
     # new settings (as when `dvc repro` reruns the stage after a params change): a fresh run, old checkpoints gone
-    changed = dataclasses.replace(cfg, seed=1)
+    changed = replace(cfg, seed=1)
     pretrain(changed, frames_dir, splits, max_steps=2)
     assert [load_checkpoint(p)["step"] for p in list_checkpoints(cfg.out)] == [2]
     # other training data (a gallery item moved to query) is another run too

@@ -1,29 +1,16 @@
-"""Typed sections of params.yaml: one dataclass per section; unknown keys are errors.
-
-The CLI loads params.yaml once (`load_params`) and hands each library function its own section.
-"""
+"""Typed sections of params.yaml, one model per section (`m3ret.config.section.Section`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
+from pydantic import Field, model_validator
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A broken configuration: fails at once, naming the key."""
+from m3ret.config.section import Section
 
 
 # ---------------------------------------------------------------------------------------------- read
-@dataclass(frozen=True)
-class WindowingConfig:
+class WindowingConfig(Section):
     """How stored intensities become display grey levels.
 
     `use_header`: apply the DICOM header's VOI LUT or WindowCenter/Width when present.
@@ -33,7 +20,7 @@ class WindowingConfig:
 
     use_header: bool = True
     ct_preset: str = "soft_tissue"
-    presets: dict[str, tuple[float, float]] = field(
+    presets: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {
             "soft_tissue": (40.0, 400.0),
             "lung": (-600.0, 1500.0),
@@ -43,13 +30,14 @@ class WindowingConfig:
     )
     percentiles: tuple[float, float] = (0.5, 99.5)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _preset_exists(self) -> WindowingConfig:
         if self.ct_preset not in self.presets:
-            raise ConfigError(f"read.windowing.ct_preset={self.ct_preset!r}; valid: {sorted(self.presets)}")
+            raise ValueError(f"ct_preset={self.ct_preset!r}; valid: {sorted(self.presets)}")
+        return self
 
 
-@dataclass(frozen=True)
-class VideoSamplingConfig:
+class VideoSamplingConfig(Section):
     """`uniform`: `num_frames` evenly spaced over the clip; `fps`: a frame every 1/fps s, at most `max_frames`."""
 
     mode: Literal["uniform", "fps"] = "uniform"
@@ -58,8 +46,7 @@ class VideoSamplingConfig:
     max_frames: int = 64
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
+class LimitsConfig(Section):
     """Refuse items whose header declares more than this, before decoding anything."""
 
     max_file_mb: float = 4096.0
@@ -68,24 +55,21 @@ class LimitsConfig:
     max_voxels: int = 1_500_000_000
 
 
-@dataclass(frozen=True)
-class ReadConfig:
-    windowing: WindowingConfig = field(default_factory=WindowingConfig)
-    video: VideoSamplingConfig = field(default_factory=VideoSamplingConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+class ReadConfig(Section):
+    windowing: WindowingConfig = Field(default_factory=WindowingConfig)
+    video: VideoSamplingConfig = Field(default_factory=VideoSamplingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 # -------------------------------------------------------------------------------------------- stages
-@dataclass(frozen=True)
-class DemoDataConfig:
+class DemoDataConfig(Section):
     out: str = "data/demo"
     n_videos: int = 3
     video_frames: int = 24
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(Section):
     """One place to ingest from. `modality` overrides what the files say (e.g. `endoscopy` for a video folder)."""
 
     path: str
@@ -93,18 +77,18 @@ class SourceConfig:
     modality: str = ""
 
 
-@dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(Section):
     sources: tuple[SourceConfig, ...] = ()
     out: str = "data/manifest.parquet"
     quarantine: str = "reports/quarantine.csv"
     cache_dir: str = "data/cache/ingest"
     salt_file: str = "data/id_salt"
+    # the salt itself, normally from the environment (M3RET_ID_SALT); when empty, salt_file's (created on first use)
+    id_salt: str = Field("", repr=False, exclude=True)
     workers: int = 2
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Section):
     """Items to model-ready frames: `size` px square letterboxed, sharded uint8 arrays.
 
     `channels`: `replicate` copies grey to 3 channels and keeps colour; `grey` also turns colour into luminance.
@@ -122,8 +106,7 @@ class PreprocessConfig:
     workers: int = 2
 
 
-@dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Section):
     """Group-disjoint fractions for items that carry no benchmark role; the rest is pretrain."""
 
     out: str = "data/splits.parquet"
@@ -132,14 +115,15 @@ class SplitConfig:
     group_by: Literal["patient", "series"] = "patient"
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> SplitConfig:
         if not (self.gallery_frac >= 0 and self.query_frac >= 0 and self.gallery_frac + self.query_frac < 1):
-            raise ConfigError("split.gallery_frac + split.query_frac must lie in [0, 1)")
+            raise ValueError("gallery_frac + query_frac must lie in [0, 1)")
+        return self
 
 
 # ------------------------------------------------------------------------------------- model/pretrain
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """A timm ViT (`name`) built at `img_size` with `patch_size`; `pooling` is `cls` or `mean` of patch tokens."""
 
     name: str = "vit_tiny_patch16_224"
@@ -149,8 +133,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
 
 
-@dataclass(frozen=True)
-class MAEConfig:
+class MAEConfig(Section):
     mask_ratio: float = 0.75
     decoder_dim: int = 128
     decoder_depth: int = 2
@@ -158,8 +141,7 @@ class MAEConfig:
     norm_pix_loss: bool = True
 
 
-@dataclass(frozen=True)
-class SimDINOConfig:
+class SimDINOConfig(Section):
     n_local: int = 2
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.1, 0.4)
@@ -172,8 +154,7 @@ class SimDINOConfig:
     ema_end: float = 1.0
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     """Identical for every modality (M3Ret: no modality-specific parts)."""
 
     crop_scale: tuple[float, float] = (0.4, 1.0)
@@ -184,8 +165,7 @@ class AugmentConfig:
     blur_prob: float = 0.2
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Section):
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
@@ -194,16 +174,15 @@ class OptimConfig:
     clip_grad: float = 1.0
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Section):
     objective: str = "mae"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     # a local timm / safetensors / DINO-style / m3ret checkpoint to start the backbone from ("" = random init)
     init: str = ""
-    mae: MAEConfig = field(default_factory=MAEConfig)
-    simdino: SimDINOConfig = field(default_factory=SimDINOConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    mae: MAEConfig = Field(default_factory=MAEConfig)
+    simdino: SimDINOConfig = Field(default_factory=SimDINOConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     splits: tuple[str, ...] = ("pretrain", "gallery")
     epochs: float = 2.0
     batch_size: int = 64
@@ -220,14 +199,15 @@ class PretrainConfig:
     eval_every_epochs: float = 0.0  # > 0: evaluate every this many epochs instead (a learning curve per epoch)
     eval_cache: str = "data/cache/bench"
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _one_eval_schedule(self) -> PretrainConfig:
         if self.eval_every and self.eval_every_epochs:
-            raise ConfigError("pretrain: set eval_every (steps) or eval_every_epochs, not both")
+            raise ValueError("set eval_every (steps) or eval_every_epochs, not both")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- embed
-@dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(Section):
     """Frame and item embeddings of every stored frame, with the encoder exported by pretraining.
 
     `encoder`: the `encoder.pt` written by `m3ret pretrain` (or any file `load_encoder` reads); `model`: the
@@ -244,8 +224,7 @@ class EmbedConfig:
 
 
 # -------------------------------------------------------------------------------------------- readout
-@dataclass(frozen=True)
-class ReadoutConfig:
+class ReadoutConfig(Section):
     """The retrieval vector (m3ret/models/readout.py): `pooling` of the encoder's tokens, '+'-joined parts of
     cls | mean | grid (a `grid` x `grid` layout of patch-token means), then optional PCA whitening fitted at embed
     time on the frames of `fit_splits` (never labels), keeping `whiten_dim` components (0: all) with eigenvalue
@@ -259,16 +238,17 @@ class ReadoutConfig:
     whiten_shrinkage: float = 0.1
     fit_splits: tuple[str, ...] = ("pretrain", "gallery")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _fit_without_queries(self) -> ReadoutConfig:
         if "query" in self.fit_splits:
-            raise ConfigError("readout.fit_splits must not include 'query': queries are never seen before search")
+            raise ValueError("fit_splits must not include 'query': queries are never seen before search")
         if self.whiten_shrinkage < 0 or self.whiten_dim < 0 or self.grid < 1:
-            raise ConfigError("readout: whiten_shrinkage and whiten_dim must be >= 0 and grid >= 1")
+            raise ValueError("whiten_shrinkage and whiten_dim must be >= 0 and grid >= 1")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- index
-@dataclass(frozen=True)
-class IndexConfig:
+class IndexConfig(Section):
     """Milvus: `uri` is a Milvus Lite file (embedded, one process) or `http://host:19530` (server or cluster).
 
     Each model version gets its own collection `<collection_prefix>_<version>`; searches go through `alias`, which
@@ -277,7 +257,7 @@ class IndexConfig:
     """
 
     uri: str = "data/milvus/m3ret.db"
-    token: str = ""
+    token: str = Field("", repr=False, exclude=True)
     alias: str = "m3ret_current"
     collection_prefix: str = "m3ret"
     index_type: Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"] = "HNSW"
@@ -292,8 +272,7 @@ class IndexConfig:
 
 
 # ------------------------------------------------------------------------------------------- evaluate
-@dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     """Retrieval quality through the index, on the pipeline's own query/gallery splits and on `bench` folders.
 
     The gate: the candidate's mean mAP@10 must be >= `gate_min_ratio` x the current model's (recorded in
@@ -312,8 +291,7 @@ class EvaluateConfig:
 
 
 # ---------------------------------------------------------------------------------------------- drift
-@dataclass(frozen=True)
-class DriftConfig:
+class DriftConfig(Section):
     """Evidently embedding drift between `reference` and `current` item embeddings, overall and per modality.
 
     `method` picks Evidently's test; both flag drift when score > `threshold` (`null`: Evidently's default for it):
@@ -341,8 +319,7 @@ class DriftConfig:
 
 
 # ---------------------------------------------------------------------------------------------- serve
-@dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(Section):
     """The retrieval service: upload limits (a request beyond them is refused with 413/400, never decoded)."""
 
     max_upload_mb: int = 512
@@ -351,146 +328,3 @@ class ServeConfig:
     max_zip_ratio: float = 100.0  # uncompressed / compressed beyond this is a zip bomb (DICOM compresses ~3-10x)
     max_k: int = 100
     thumbnail_size: int = 128
-
-
-# ---------------------------------------------------------------------------------------------- load
-SECTIONS: dict[str, type] = {
-    "read": ReadConfig,
-    "demo_data": DemoDataConfig,
-    "ingest": IngestConfig,
-    "preprocess": PreprocessConfig,
-    "split": SplitConfig,
-    "pretrain": PretrainConfig,
-    "embed": EmbedConfig,
-    "readout": ReadoutConfig,
-    "index": IndexConfig,
-    "evaluate": EvaluateConfig,
-    "drift": DriftConfig,
-    "serve": ServeConfig,
-}
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}={value!r}; valid: {list(typing.get_args(tp))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        kt, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return {_coerce(kt, k, where): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with the key's full name."""
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where or cls.__name__}: {err}") from err
-
-
-def to_dict(section: Any) -> dict[str, Any]:
-    """The plain-data form of a section (tuples as lists), e.g. to store inside a checkpoint."""
-    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(section))))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class Params:
-    read: ReadConfig
-    demo_data: DemoDataConfig
-    ingest: IngestConfig
-    preprocess: PreprocessConfig
-    split: SplitConfig
-    pretrain: PretrainConfig
-    embed: EmbedConfig
-    readout: ReadoutConfig
-    index: IndexConfig
-    evaluate: EvaluateConfig
-    drift: DriftConfig
-    serve: ServeConfig
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read params.yaml; every top-level section must be known, missing ones take their defaults."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown} in {path}; valid: {sorted(SECTIONS)}")
-    return Params(**{name: from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()})
-
-
-# ------------------------------------------------------------------------------------------- profiles
-PROFILES_DIR = Path(__file__).parent / "profiles"
-
-
-def profile_names() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-
-
-def profile_summary(name: str) -> str:
-    """The first comment line of a profile: what it trains and its expected wall time."""
-    first = (PROFILES_DIR / f"{name}.yaml").read_text().splitlines()[0]
-    return first.removeprefix("#").strip()
-
-
-def profile_overrides(name: str) -> list[str]:
-    """A named profile (m3ret/profiles/NAME.yaml, a partial params file) as `section.key=value` overrides for
-    `dvc exp run -S`. Every key is checked against its section, so a profile cannot set an unknown key."""
-    if name not in profile_names():
-        raise ConfigError(f"unknown profile {name!r}; valid: {profile_names()}")
-    overlay = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text()) or {}
-    for section, values in overlay.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"profile {name}: unknown section {section!r}; valid: {sorted(SECTIONS)}")
-        from_dict(SECTIONS[section], values, section)
-    overrides: list[str] = []
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{path}.{key}" if path else str(key))
-        else:
-            flow = yaml.safe_dump(node, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-            overrides.append(f"{path}={flow.replace(' ', '')}")
-
-    walk(overlay, "")
-    return overrides
