@@ -56,8 +56,8 @@ from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, load_params
 from m3ret.data.frame_store import ShardWriter, write_frames_table
 from m3ret.eval.benchmark_folder import BenchmarkFolder, evaluate_encoder, load_benchmark_folder
 from m3ret.eval.retrieval_metrics import rank_gallery
-from m3ret.models.embeddings import pool_frames
 from m3ret.models.encoder import Encoder, build_encoder, load_encoder
+from m3ret.models.frame_vectors import pool_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ point's cosine to its centre is about 0.75), not uniform noise, which has no nei
 to exploit and would make every index look worse than on real embeddings. Each cluster gets one modality, so a
 modality filter keeps whole neighbourhoods, as it does for real image embeddings.
 
-The rows go through the project's code path: `index_table` (m3ret.models.embeddings) makes the scalar fields,
+The rows go through the project's code path: `index_table` (m3ret.index.rows) makes the scalar fields,
 `MilvusIndex.ensure_collection` + `write` (upsert, flush) stores them in a fresh Milvus Lite file, once per size
 (as FLAT). Then each index type (FLAT, IVF_FLAT, IVF_SQ8, HNSW, with IndexConfig's default parameters) is built on
 that same collection (release, drop index, `create_index` with `schema.index_params`, wait until every row is
@@ -38,8 +38,8 @@ import pymilvus
 from m3ret.config import IndexConfig, replace
 from m3ret.index.filters import SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
+from m3ret.index.rows import index_table
 from m3ret.index.schema import SCALAR_FIELDS, VECTOR_FIELD, index_params
-from m3ret.models.embeddings import index_table
 
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 MODALITIES = ("xray", "mri", "ultrasound", "pathology")

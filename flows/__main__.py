@@ -1,4 +1,4 @@
-"""`python -m flows serve [--params params.yaml] [--interval-seconds N] [--only refresh,drift]`."""
+"""`m3ret-flows serve [--params params.yaml] [--interval-seconds N] [--only refresh,drift]` (or `python -m flows`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from flows.deployments import FLOWS, serve_all
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="Prefect deployments of the m3ret pipeline")
+    parser = argparse.ArgumentParser(prog="m3ret-flows", description="Prefect deployments of the m3ret pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the scheduled deployments until interrupted (needs a Prefect API)")
     serve.add_argument("--params", default="params.yaml", help="params file the flows read (default: params.yaml)")

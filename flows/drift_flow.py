@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.refresh_flow import refresh_flow, transient
 from m3ret.config import load_params
-from m3ret.refresh_ledger import batch_drift, latest_batch
+from m3ret.index.ledger import latest_batch
+from m3ret.stages.drift import batch_drift
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient, cache_policy=NO_CACHE)

@@ -1,6 +1,7 @@
-"""The pretrain flow: a named profile applied to params.yaml, then `m3ret pretrain`, on every GPU of the machine.
+"""The pretrain flow: a named profile applied to params.yaml, then the pretrain stage, on every GPU of the machine.
 
-With more than one CUDA device the CLI runs under torchrun (one process per GPU, DDP); otherwise in this process.
+With more than one CUDA device `m3ret pretrain` runs under torchrun (one process per GPU, DDP); otherwise the stage
+runs in this process.
 Either way the run resumes from its last checkpoint, and its metrics (the `metrics.json` the loop writes) are
 returned and published as a markdown artifact.
 """
@@ -19,9 +20,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from m3ret import cli
 from m3ret.config import ConfigError, load_params, profile_overrides
 from m3ret.data.frame_store import FrameStore
+from m3ret.stages import pretrain
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -59,13 +60,14 @@ def merged_params(params_path: str, profile: str | None) -> str:
 
 @task(cache_policy=NO_CACHE)
 def train(params_path: str, max_steps: int | None, nproc: int) -> dict[str, float]:
-    """`m3ret pretrain` in this process (nproc 1) or under torchrun (nproc > 1); returns the flattened metrics."""
-    args = ["--params", params_path, "pretrain", *(["--max-steps", str(max_steps)] if max_steps else [])]
+    """The pretrain stage in this process (nproc 1) or `m3ret pretrain` under torchrun (nproc > 1); returns the
+    flattened metrics."""
     if nproc > 1:
+        args = ["--params", params_path, "pretrain", *(["--max-steps", str(max_steps)] if max_steps else [])]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         subprocess.run([*launcher, "-m", "m3ret.cli", *args], check=True)
-    elif cli.main(args) != 0:
-        raise RuntimeError(f"m3ret pretrain failed with {params_path} (see the log above)")
+    else:
+        pretrain.run(load_params(params_path), max_steps=max_steps)
     summary = json.loads((Path(load_params(params_path).pretrain.metrics_dir) / "metrics.json").read_text())
     flat = {key: float(summary[key]) for key in ("step", "images_seen") if key in summary}
     for group in ("train", "eval"):

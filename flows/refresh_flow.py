@@ -1,11 +1,10 @@
 """The refresh flow: gate and publish a new model when there is one, then index the sources' new and changed files.
 
-Thin glue: each task is one m3ret.refresh call; what passes between tasks is small (paths, ids, counts).
+Thin glue: each task is one `m3ret.stages.refresh` call; what passes between tasks is small (paths, ids, counts).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from m3ret.cli import MILVUS_TOKEN_ENV, id_salt
 from m3ret.config import ConfigError, load_params
-from m3ret.refresh import ModelVersionError, new_model_version, rebuild_for_new_model, refresh
-
-
-def milvus_token() -> str:
-    """The Milvus token from the environment ("" when unset: then `index.token` from params applies)."""
-    return os.environ.get(MILVUS_TOKEN_ENV, "")
+from m3ret.stages.refresh import ModelVersionError, new_model_version, rebuild_for_new_model, refresh
 
 
 def transient(task: Any, task_run: TaskRun, state: State) -> bool:
@@ -34,17 +27,15 @@ def transient(task: Any, task_run: TaskRun, state: State) -> bool:
 def publish_new_model(params_path: str) -> dict[str, Any] | None:
     """When the encoder is a new model: build its collection, run the evaluation gate, publish if it passes."""
     params = load_params(params_path)
-    token = milvus_token()
-    if new_model_version(params, token) is None:
+    if new_model_version(params) is None:
         return None
-    return rebuild_for_new_model(params, token).to_dict()
+    return rebuild_for_new_model(params).to_dict()
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient, cache_policy=NO_CACHE)
 def refresh_index(params_path: str, state_dir: str) -> dict[str, Any]:
     """New and changed source files into the published collection (upserts are idempotent, so a retry is safe)."""
-    params = load_params(params_path)
-    return refresh(params, id_salt(params), Path(state_dir), milvus_token()).to_dict()
+    return refresh(load_params(params_path), Path(state_dir)).to_dict()
 
 
 def refresh_markdown(rebuild: dict[str, Any] | None, report: dict[str, Any] | None) -> str:

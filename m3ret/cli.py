@@ -1,6 +1,6 @@
-"""`m3ret <command>`: thin shells around library functions; every dvc stage is one command.
+"""`m3ret <command>`: thin shells around library functions; every dvc stage is one command -> one `m3ret.stages` run.
 
-params.yaml is read here once and each function gets its own typed section.
+params.yaml is read here once (plus the variables of `m3ret.config.ENVIRONMENT`) and handed down.
 """
 
 from __future__ import annotations
@@ -8,137 +8,87 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from m3ret.config import ConfigError, Params, load_params, profile_names, profile_summary, replace
+from m3ret.config import ConfigError, Params, load_params, profile_names, profile_overrides, profile_summary
 from m3ret.data.errors import InputError
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError
 
-SALT_ENV = "M3RET_ID_SALT"
-MILVUS_TOKEN_ENV = "M3RET_MILVUS_TOKEN"
-
-
-def _write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def id_salt(params: Params) -> bytes:
-    from m3ret.data.phi import load_or_create_salt
-
-    from_env = os.environ.get(SALT_ENV, "")
-    return from_env.encode() if from_env else load_or_create_salt(Path(params.ingest.salt_file))
-
 
 def cmd_demo_data(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.data.demo_corpus import build_demo_corpus
+    from m3ret.stages import demo_data
 
-    counts = build_demo_corpus(params.demo_data)
-    print(f"demo corpus in {params.demo_data.out}: {counts}")
+    print(f"demo corpus in {params.demo_data.out}: {demo_data.run(params)}")
 
 
 def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.data.ingest import ingest, ingest_summary
+    from m3ret.stages import ingest
 
-    if not params.ingest.sources:
-        raise ConfigError("ingest.sources is empty: list at least one folder or file")
-    manifest, quarantine = ingest(params.ingest, params.read, id_salt(params))
-    summary = ingest_summary(manifest, quarantine)
-    _write_json("reports/ingest.json", summary)
+    summary = ingest.run(params)
     print(f"ingest: {summary['items']} items ({summary['frames']} frames), {summary['quarantined']} quarantined")
-    for row in quarantine.itertuples():
+    for row in pd.read_csv(params.ingest.quarantine, dtype=str, keep_default_na=False).itertuples():
         print(f"  quarantined {row.path}: {row.reason}")
 
 
 def cmd_preprocess(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.data.preprocess import preprocess
+    from m3ret.stages import preprocess
 
-    manifest = pd.read_parquet(params.ingest.out)
-    frames, quarantine = preprocess(manifest, params.preprocess, params.read)
-    quarantine.to_csv("reports/preprocess_quarantine.csv", index=False)
-    summary = {"items": int(frames.item_id.nunique()), "frames": len(frames), "quarantined": len(quarantine)}
-    _write_json("reports/preprocess.json", summary)
-    print(f"preprocess: {summary['frames']} frames from {summary['items']} items, {len(quarantine)} quarantined")
+    summary = preprocess.run(params)
+    print(f"preprocess: {summary['frames']} frames from {summary['items']} items, {summary['quarantined']} quarantined")
 
 
 def cmd_split(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.data.splits import make_splits, split_summary, write_splits
+    from m3ret.stages import split
 
-    manifest = pd.read_parquet(params.ingest.out)
-    splits = make_splits(manifest, params.split)
-    write_splits(splits, params.split.out)
-    summary = split_summary(splits, manifest)
-    _write_json("reports/split.json", summary)
+    summary = split.run(params)
     print(f"split: {summary['items']} items, groups {summary['groups']}")
 
 
 def cmd_pretrain(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.train.pretrain_loop import pretrain
+    from m3ret.stages import pretrain
 
-    cfg = params.pretrain
-    evaluate = None
-    if cfg.eval_bench:
-        from m3ret.eval.benchmark_folder import benchmark_evaluator, load_benchmark_folder
-
-        bench = load_benchmark_folder(Path(cfg.eval_bench), params.preprocess.size, cache_dir=Path(cfg.eval_cache))
-        evaluate = benchmark_evaluator(bench, params.readout)
-    metrics = pretrain(
-        cfg, Path(params.preprocess.out), Path(params.split.out), evaluate, cfg.eval_every, max_steps=args.max_steps
-    )
+    metrics = pretrain.run(params, max_steps=args.max_steps)
     print("pretrain: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k))
 
 
-def _index(params: Params):
-    from m3ret.index.milvus_index import MilvusIndex
-
-    return MilvusIndex(params.index, token=os.environ.get(MILVUS_TOKEN_ENV, ""))
-
-
 def cmd_embed(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.models.embeddings import embed_pipeline_outputs
+    from m3ret.stages import embed
 
-    summary = embed_pipeline_outputs(params)
-    _write_json("reports/embed.json", summary)
+    summary = embed.run(params)
     print(f"embed: model {summary['model_version']}: {summary['frames']} frames, {summary['items']} items")
 
 
 def cmd_index(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.index.build import build_collection
-    from m3ret.models.embeddings import EmbeddingSet
+    from m3ret.stages import index
 
-    index = _index(params)
-    try:
-        name = build_collection(index, EmbeddingSet.load(params.embed.out))
-        summary = {"collection": name, "rows": index.count(name), "published": index.current()}
-    finally:
-        index.close()
-    _write_json("reports/index.json", summary)
-    print(f"index: {name} holds {summary['rows']} rows; alias {params.index.alias} -> {summary['published']}")
+    summary = index.run(params)
+    print(f"index: {summary['collection']} holds {summary['rows']} rows; alias {params.index.alias} -> "
+          f"{summary['published']}")  # fmt: skip
 
 
 def cmd_search(params: Params, args: argparse.Namespace) -> None:
     from m3ret.index.filters import SearchFilter
-    from m3ret.index.query import embed_file, search_query
+    from m3ret.index.query import search_query
+    from m3ret.index.schema import HIT_FIELDS
+    from m3ret.index.vector_index import open_index
     from m3ret.models.encoder import load_encoder
+    from m3ret.models.query import embed_file
 
     where = SearchFilter(modality=tuple(args.modality), dataset=tuple(args.dataset), level=args.level)
     where.expression()  # a bad filter value fails before the encoder is loaded
     query = embed_file(args.file, load_encoder(params.embed.model), params.read, params.preprocess)
-    index = _index(params)
+    index = open_index(params.index)
     try:
         hits = search_query(index, query, args.k, where)
     finally:
         index.close()
-    shown = ("item_id", "level", "modality", "dataset", "kind", "split", "label", "frame_index", "source_path")
     results = [
-        {"rank": r + 1, "score": round(h.score, 4), **{f: h.fields[f] for f in shown}} for r, h in enumerate(hits)
+        {"rank": r + 1, "score": round(h.score, 4), **{f: h.fields[f] for f in HIT_FIELDS}} for r, h in enumerate(hits)
     ]
     if args.json:
         print(json.dumps({"query": str(args.file), "kind": query.meta.get("kind"), "hits": results}, indent=2))
@@ -168,45 +118,23 @@ def _search_grid(params: Params, args: argparse.Namespace, query, hits) -> None:
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.eval.evaluate_stage import COMPARISON, evaluate_pipeline_outputs
-    from m3ret.models.embeddings import EmbeddingSet
-    from m3ret.models.encoder import load_encoder
+    from m3ret.eval.index_evaluation import format_comparison
+    from m3ret.stages import evaluate
 
-    encoder = load_encoder(params.embed.model)
     if args.bench:
-        _evaluate_bench(params, args.bench, encoder)
+        results, out = evaluate.run_bench(params, args.bench)
+        print(format_comparison(results))
+        print(f"metrics: {out / 'metrics.json'}")
         return
-    embeddings = EmbeddingSet.load(params.embed.out)
-    index = _index(params)
-    try:
-        collection = index.collection_name(embeddings.model_version)
-        report = evaluate_pipeline_outputs(index, collection, embeddings, encoder, params)
-    finally:
-        index.close()
-    print((Path(params.evaluate.out) / COMPARISON).read_text())
+    report = evaluate.run(params)
+    print((Path(params.evaluate.out) / evaluate.COMPARISON).read_text())
     print(f"gate: {report['reason']}; alias {params.index.alias} -> {report['published']}")
 
 
-def _evaluate_bench(params: Params, bench: Path, encoder) -> None:
-    """`m3ret evaluate --bench DIR|FILE.npz`: the encoder and the two floors on a labeled benchmark, no gate."""
-    import tempfile
-
-    from m3ret.eval.index_evaluation import evaluate_benchmark, format_comparison, write_evaluation_outputs
-
-    with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
-        index_cfg = replace(params.index, uri=str(Path(scratch) / "bench.db"))
-        results = evaluate_benchmark(bench, encoder, params.evaluate, params.readout, index_cfg, params.preprocess.size)
-    out = Path(params.evaluate.out) / f"bench-{bench.stem}"
-    write_evaluation_outputs(results, out)
-    print(format_comparison(results))
-    print(f"metrics: {out / 'metrics.json'}")
-
-
 def cmd_drift(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.models.embeddings import EmbeddingSet
-    from m3ret.monitoring.drift import drift_stage
+    from m3ret.stages import drift
 
-    summary = drift_stage(EmbeddingSet.load(params.embed.out), params.drift)
+    summary = drift.run(params)
     for scope in summary["scopes"]:
         score = "-" if scope["score"] is None else f"{scope['score']:.4f}"
         print(f"  {scope['scope']:>12}: {scope['status']:<18} score {score:>8}  drifted={scope['drifted']}")
@@ -214,22 +142,19 @@ def cmd_drift(params: Params, args: argparse.Namespace) -> None:
     print(f"report: {summary['files']['html']}")
 
 
-def cmd_serve_import(params: Params, args: argparse.Namespace) -> None:
-    from serving.model_store import import_encoder  # the CLI is a shell: it may reach the serving glue, m3ret may not
+def cmd_refresh(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.stages import refresh
 
-    print(f"imported into the BentoML model store as {import_encoder(Path(params.embed.model), params)}")
-
-
-def cmd_flows(params: Params, args: argparse.Namespace) -> None:
-    from flows.__main__ import main as flows_main  # the CLI is a shell: it may reach the flows glue, m3ret may not
-
-    rest = args.rest if "--params" in args.rest else [*args.rest, "--params", args.params]
-    flows_main(rest)
+    result = refresh.run(params, args.state_dir)
+    if result["rebuild"]:
+        rebuild = result["rebuild"]
+        print(f"new model {rebuild['model_version']}: {'published' if rebuild['published'] else 'gate failed'}")
+    if report := result["refresh"]:
+        print(f"refresh {report['batch']}: {len(report['added'])} added, {report['skipped']} skipped, "
+              f"{len(report['quarantined'])} quarantined, {len(report['deleted'])} deleted")  # fmt: skip
 
 
 def cmd_profile(params: Params, args: argparse.Namespace) -> None:
-    from m3ret.config import profile_overrides
-
     print(" ".join(f"-S {override}" for override in profile_overrides(args.name)))
 
 
@@ -244,17 +169,17 @@ COMMANDS = {
     "search": (cmd_search, "find the items most similar to a file (image, DICOM file or series folder, NIfTI, video)"),
     "evaluate": (cmd_evaluate, "retrieval metrics through the index with baselines; the gate publishes the collection"),
     "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
-    "serve-import": (
-        cmd_serve_import,
-        "put embed.model (encoder + readout) into the BentoML model store for the service",
-    ),
-    "flows": (cmd_flows, "`m3ret flows serve [--interval-seconds N] [--only refresh,drift]`: the scheduled flows"),
+    "refresh": (cmd_refresh, "index new and changed source files now (a new model is gated and published first)"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m3ret", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="m3ret",
+        description=__doc__.splitlines()[0],
+        epilog="the scheduled flows: m3ret-flows serve --help; the retrieval service: m3ret-serving --help",
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {name: sub.add_parser(name, help=help_text) for name, (_fn, help_text) in COMMANDS.items()}
@@ -263,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {name:<15} {profile_summary(name)}" for name in profile_names()
     )
     commands["pretrain"].add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    commands["flows"].add_argument("rest", nargs=argparse.REMAINDER, help="serve [options]: see python -m flows -h")
     commands["evaluate"].add_argument(
         "--bench", type=Path, default=None, help="only this labeled folder or MedMNIST npz (no gate, no publish)"
+    )
+    commands["refresh"].add_argument(
+        "--state-dir", type=Path, default=Path("data/refresh"), help="ledger and batches (default: data/refresh)"
     )
     search = commands["search"]
     search.add_argument("file", type=Path, help="image, DICOM file or series folder, NIfTI or video")

@@ -15,8 +15,8 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from m3ret.config import Params, PreprocessConfig, ReadConfig, from_dict, to_dict
-from m3ret.models.embeddings import model_version
 from m3ret.models.encoder import Encoder, load_encoder
+from m3ret.models.model_version import model_version
 from m3ret.train.checkpoint import ENCODER_FILE
 
 

@@ -34,19 +34,17 @@ from starlette.staticfiles import StaticFiles
 
 from m3ret.config import load_params
 from m3ret.data.errors import InputError, InputTooLargeError, UnreadableInputError
-from m3ret.data.preprocess import item_frames
-from m3ret.data.readers import read
 from m3ret.data.thumbnails import Thumbnails, to_png
 from m3ret.data.upload import MB, unpack_upload
 from m3ret.index.filters import FilterError, SearchFilter
-from m3ret.index.milvus_index import MilvusIndex
-from m3ret.index.query import Query, search_query
+from m3ret.index.query import search_query
+from m3ret.index.schema import HIT_FIELDS
+from m3ret.index.vector_index import open_index
+from m3ret.models.query import Query, decode_query
 from serving.model_store import load_imported
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
-# What a hit may show: ids are salted hashes, the rest are pipeline facts. Never source_path or header fields.
-HIT_FIELDS = ("item_id", "level", "modality", "dataset", "kind", "split", "label", "frame_index")
 STEP_SECONDS = bentoml.metrics.Histogram(
     name="m3ret_step_seconds",
     documentation="Seconds per request step of /search and /embed",
@@ -111,7 +109,7 @@ class Retrieval:
         self.encoder, self.read_cfg, self.preprocess_cfg, self.model_version = load_imported(
             str(self.encoder_model.tag)
         )
-        self.index = MilvusIndex(index_cfg)
+        self.index = open_index(index_cfg)
         self.collection = self.index.collection_name(self.model_version)
         self.thumbnails: Thumbnails | None = None
         try:
@@ -187,10 +185,8 @@ class Retrieval:
         timer = _StepTimer()
         with tempfile.TemporaryDirectory(prefix="m3ret-upload-") as work:
             try:
-                decoded, meta = await anyio.to_thread.run_sync(self._decode, upload, Path(work))
+                frames, meta = await anyio.to_thread.run_sync(self._decode, upload, Path(work))
                 timer.done("decode")
-                frames, _records = await anyio.to_thread.run_sync(item_frames, decoded, meta, self.preprocess_cfg)
-                timer.done("preprocess")
             except InputError as err:
                 return _input_error(err, hide=(work, str(upload.parent)))
             except Exception as err:  # a decoder failing on hostile bytes must not become a 500 or a dead worker
@@ -217,10 +213,9 @@ class Retrieval:
         return np.asarray(await self.to_async.encode(frames), dtype=np.float32)
 
     def _decode(self, upload: Path, work: Path) -> tuple[np.ndarray, dict]:
-        decoded, meta = read(unpack_upload(upload, upload.name, self.serve_cfg, work), self.read_cfg)
-        if not len(decoded):
-            raise UnreadableInputError(upload.name, "decoded no frames")
-        return decoded, meta
+        """The upload unpacked, decoded and preprocessed like indexed items -> (frames [T, S, S, 3], meta)."""
+        path = unpack_upload(upload, upload.name, self.serve_cfg, work)
+        return decode_query(path, self.read_cfg, self.preprocess_cfg)
 
     def _hit(self, rank: int, score: float, fields: dict[str, Any]) -> dict[str, Any]:
         hit: dict[str, Any] = {"rank": rank, "score": round(float(score), 6)}

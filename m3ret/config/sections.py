@@ -253,9 +253,11 @@ class IndexConfig(Section):
 
     Each model version gets its own collection `<collection_prefix>_<version>`; searches go through `alias`, which
     is switched to a new collection only after its evaluation gate passes; `retain` collections are kept.
-    `token` may be left empty and given in the environment (M3RET_MILVUS_TOKEN) instead.
+    `token` may be left empty and given in the environment (M3RET_MILVUS_TOKEN) instead. `backend` names the
+    implementation (`m3ret.index.vector_index.BACKENDS`).
     """
 
+    backend: Literal["milvus"] = "milvus"
     uri: str = "data/milvus/m3ret.db"
     token: str = Field("", repr=False, exclude=True)
     alias: str = "m3ret_current"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import Dataset
 
 FRAMES_TABLE = "frames.parquet"
 STORE_INFO = "store.json"
@@ -105,3 +107,21 @@ class FrameStore:
             order = np.argsort(rows)
             out[sel[order]] = self._shard(int(shard))[rows[order]]
         return out
+
+
+class FrameBatches(Dataset):
+    """A torch Dataset indexed by a batch of positions (into `frames`, default every stored frame): one vectorised
+    store read -> uint8 [B, S, S, 3]. Each DataLoader worker memory-maps the shards itself."""
+
+    def __init__(self, root: str | Path, frames: np.ndarray | None = None) -> None:
+        self.root = Path(root)
+        self.frames = np.arange(len(FrameStore(self.root))) if frames is None else np.asarray(frames)
+        self._store: FrameStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, batch: list[int]) -> torch.Tensor:
+        if self._store is None:
+            self._store = FrameStore(self.root)
+        return torch.from_numpy(self._store.get(self.frames[batch]))

@@ -33,7 +33,7 @@ from m3ret.eval.retrieval_metrics import (
 )
 from m3ret.index.filters import SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import index_table
+from m3ret.index.rows import index_table
 from m3ret.models.encoder import Encoder
 
 # Benchmarks carry their class in `label`.

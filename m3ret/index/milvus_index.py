@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ import numpy as np
 import pandas as pd
 from pymilvus import MilvusClient
 
-from m3ret.config import IndexConfig
+from m3ret.config import IndexConfig, replace
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import SearchFilter
-from m3ret.index.schema import SCALAR_FIELDS, VECTOR_FIELD, collection_schema, index_params, search_params
+from m3ret.index.schema import SCALAR_FIELDS, VECTOR_FIELD, Hit, collection_schema, index_params, search_params
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -30,24 +29,15 @@ _VERSION = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 MAX_LIMIT = 16384
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result: the row's id, its similarity (higher is closer for IP/COSINE) and its scalar fields."""
-
-    id: int
-    score: float
-    fields: dict[str, Any]
-
-
 def is_server_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
-def connect(cfg: IndexConfig, token: str = "") -> MilvusClient:
+def connect(cfg: IndexConfig) -> MilvusClient:
     """A client for `cfg.uri`; a Milvus Lite file gets its parent folder created first."""
     if not is_server_uri(cfg.uri):
         Path(cfg.uri).parent.mkdir(parents=True, exist_ok=True)
-    return MilvusClient(uri=cfg.uri, token=token or cfg.token)
+    return MilvusClient(uri=cfg.uri, token=cfg.token)
 
 
 def _batches(table: pd.DataFrame, vectors: np.ndarray, size: int) -> Iterator[list[dict[str, Any]]]:
@@ -69,12 +59,13 @@ def _batches(table: pd.DataFrame, vectors: np.ndarray, size: int) -> Iterator[li
 
 
 class MilvusIndex:
-    """One model version per collection `<prefix>_<version>`; `cfg.alias` names the published one."""
+    """The VectorIndex on Milvus: one model version per collection `<prefix>_<version>`; `cfg.alias` names the
+    published one. `client` shares an open connection (two views of one Milvus Lite file in one process)."""
 
-    def __init__(self, cfg: IndexConfig, token: str = "", client: MilvusClient | None = None) -> None:
+    def __init__(self, cfg: IndexConfig, client: MilvusClient | None = None) -> None:
         self.cfg = cfg
         self._owns_client = client is None
-        self.client = client if client is not None else connect(cfg, token)
+        self.client = client if client is not None else connect(cfg)
         self._loaded: set[str] = set()
 
     # ------------------------------------------------------------------ collections
@@ -94,10 +85,26 @@ class MilvusIndex:
             return None
         return self.client.describe_alias(self.cfg.alias)["collection_name"]
 
-    def count(self, collection: str | None = None) -> int:
-        """Rows in `collection` (default: the published one)."""
+    def count(self, collection: str | None = None, where: SearchFilter | None = None) -> int:
+        """Rows in `collection` (default: the published one) matching `where`."""
         name = self._load(collection or self._published())
-        return int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        expression = where.expression() if where else ""
+        return int(self.client.query(name, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
+
+    def rows(
+        self, collection: str, where: SearchFilter | None = None, fields: tuple[str, ...] = SCALAR_FIELDS
+    ) -> pd.DataFrame:
+        """Every row of `collection` matching `where`, columns `fields`, in pages (Milvus caps one query's size)."""
+        self._load(collection)
+        filter_ = where.expression() if where else ""
+        iterator = self.client.query_iterator(collection, batch_size=1000, filter=filter_, output_fields=list(fields))
+        found: list[dict] = []
+        try:
+            while page := iterator.next():
+                found += page
+        finally:
+            iterator.close()
+        return pd.DataFrame(found, columns=list(fields))
 
     def ensure_collection(self, version: str, dim: int) -> str:
         """Create (or reuse) the collection of `version` with a `dim`-dimensional vector field; returns its name."""
@@ -112,6 +119,12 @@ class MilvusIndex:
         )
         log.info("created collection %s (%s, %s, dim %d)", name, self.cfg.index_type, self.cfg.metric, dim)
         return name
+
+    def drop_collection(self, name: str) -> None:
+        """Remove `name` if it exists (a throw-away evaluation collection, or one left by an interrupted run)."""
+        if self.client.has_collection(name):
+            self.client.drop_collection(name)
+        self._loaded.discard(name)
 
     def write(self, rows: pd.DataFrame, vectors: np.ndarray, collection: str | None = None) -> int:
         """Upsert rows (columns `id` + SCALAR_FIELDS) with their vectors [N, D] into `collection` (default: the
@@ -189,6 +202,12 @@ class MilvusIndex:
             search_params=search_params(self.cfg, k),
         )
         return [[Hit(int(h["id"]), float(h["distance"]), dict(h["entity"])) for h in hits] for hits in result]
+
+    @staticmethod
+    def scratch_config(cfg: IndexConfig, folder: Path) -> IndexConfig:
+        """The same server, or a Lite file of its own in `folder` (a Lite file admits one client per process, and
+        closing it stops its server)."""
+        return cfg if is_server_uri(cfg.uri) else replace(cfg, uri=str(Path(folder) / "scratch.db"))
 
     def close(self) -> None:
         """Close the client; for a Milvus Lite file this client opened, also stop the embedded server so another

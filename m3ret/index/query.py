@@ -1,60 +1,14 @@
-"""A file as a query: decoded and preprocessed exactly like indexed items, embedded, then searched.
-
-Used by `m3ret search` and by the retrieval service, so a query and the items it is compared with always go through
-the same reader, windowing, letterbox and encoder.
-"""
+"""A query's nearest rows: its series-level vector searched in the index."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from m3ret.config import PreprocessConfig, ReadConfig
-from m3ret.data.preprocess import item_frames
-from m3ret.data.readers import read
 from m3ret.index.filters import SearchFilter
-from m3ret.index.milvus_index import Hit, MilvusIndex
-from m3ret.models.embeddings import item_vectors
-from m3ret.models.encoder import Encoder
+from m3ret.index.schema import Hit
+from m3ret.index.vector_index import VectorIndex
+from m3ret.models.query import Query
 
 
-@dataclass
-class Query:
-    """frames uint8 [T, S, S, 3] (model-ready), frame_vectors float32 [T, D], vector float32 [D] (their mean,
-    renormalised: the query's series-level embedding), meta: the reader's facts (kind, modality, ...)."""
-
-    frames: np.ndarray
-    frame_vectors: np.ndarray
-    vector: np.ndarray
-    meta: dict[str, Any]
-
-    @classmethod
-    def from_frame_vectors(cls, frames: np.ndarray, frame_vectors: np.ndarray, meta: dict[str, Any]) -> Query:
-        """Frames [T, S, S, 3] and their vectors [T, D] -> a Query whose vector is their renormalised mean."""
-        _ids, mean = item_vectors(frame_vectors, np.zeros(len(frame_vectors), dtype=np.int64))
-        return cls(frames=frames, frame_vectors=frame_vectors, vector=mean[0], meta=meta)
-
-    def preview(self) -> np.ndarray:
-        """One representative frame uint8 [S, S, 3]: the middle slice of a volume, the middle frame of a video."""
-        return self.frames[len(self.frames) // 2]
-
-
-def embed_frames_as_query(frames: np.ndarray, meta: dict[str, Any], encoder: Encoder) -> Query:
-    """Model-ready frames [T, S, S, 3] -> a Query (frame vectors and their renormalised mean)."""
-    return Query.from_frame_vectors(frames, encoder.embed(frames).numpy(), meta)
-
-
-def embed_file(path: str | Path, encoder: Encoder, read_cfg: ReadConfig, preprocess: PreprocessConfig) -> Query:
-    """Any supported file (or a DICOM series folder) -> Query. Raises the readers' InputError on bad input."""
-    decoded, meta = read(path, read_cfg)
-    frames, _records = item_frames(decoded, meta, preprocess)
-    return embed_frames_as_query(frames, meta, encoder)
-
-
-def search_query(index: MilvusIndex, query: Query, k: int, where: SearchFilter | None = None) -> list[Hit]:
+def search_query(index: VectorIndex, query: Query, k: int, where: SearchFilter | None = None) -> list[Hit]:
     """Top-k rows for the query's series-level vector (the level filter decides whether frames or series come back;
     for a 2D image the series vector is its frame vector)."""
     return index.search(query.vector[None, :], k, where)[0]

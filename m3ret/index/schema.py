@@ -7,6 +7,8 @@ the same item again replaces its rows instead of adding copies.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 from pymilvus import CollectionSchema, DataType, MilvusClient
 
@@ -30,6 +32,17 @@ TEXT_FIELDS: dict[str, int] = {
 }
 INT_FIELDS = ("frame_index",)
 SCALAR_FIELDS = (*TEXT_FIELDS, *INT_FIELDS)
+# what a search result shows a person (CLI and service): ids are salted hashes, never paths
+HIT_FIELDS = ("item_id", "level", "modality", "dataset", "kind", "split", "label", "frame_index")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the row's id, its similarity (higher is closer for IP/COSINE) and its scalar fields."""
+
+    id: int
+    score: float
+    fields: dict[str, Any]
 
 
 def row_id(level: str, item_id: str, plane: str = "", volume_index: int = 0, frame_index: int = 0) -> int:

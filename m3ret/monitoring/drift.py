@@ -13,9 +13,8 @@ A modality seen only in the current set is "new modality" and counts as drift; o
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,9 +28,6 @@ from threadpoolctl import threadpool_limits
 from m3ret.config import DriftConfig
 from m3ret.monitoring.drift_plot import drift_chart
 
-if TYPE_CHECKING:  # only for the hint: the embed module pulls in torch and timm, which drift never runs
-    from m3ret.models.embeddings import EmbeddingSet
-
 METHODS = {"model": ModelDriftMethod, "mmd": MMDDriftMethod}
 Method = ModelDriftMethod | MMDDriftMethod
 Scope = tuple[str, np.ndarray, np.ndarray]  # (name, reference rows [n_r, D], current rows [n_c, D])
@@ -40,7 +36,6 @@ TESTED, TOO_FEW, NEW, MISSING = "tested", "too few rows", "new modality", "missi
 DRIFT_JSON, DRIFT_HTML, DRIFT_PNG = "drift.json", "drift.html", "drift.png"
 # Evidently's report embeds reference + current rows with a perplexity-30 t-SNE, which needs more than 30 rows.
 _MIN_ROWS_FLOOR = 16
-log = logging.getLogger(__name__)
 
 
 def drift_method(cfg: DriftConfig) -> Method:
@@ -186,26 +181,3 @@ def write_drift_report(
     files["html"].write_text(_html(summary, scopes, method), encoding="utf-8")
     drift_chart(summary).save(files["png"])
     return summary | {"files": {k: str(v) for k, v in files.items()}}
-
-
-def drift_stage(embeddings: EmbeddingSet, cfg: DriftConfig) -> dict[str, Any]:
-    """The drift stage: item vectors of `cfg.reference_splits` against those of `cfg.current_splits`, into `cfg.out`.
-
-    Raises ValueError naming the splits when either side has no items.
-    """
-    items = embeddings.items
-    split = items["split"].fillna("").astype(str).to_numpy()
-    modality = items["modality"].fillna("").astype(str).to_numpy()
-    is_ref = np.isin(split, list(cfg.reference_splits))
-    is_cur = np.isin(split, list(cfg.current_splits))
-    for side, mask, wanted in (("reference", is_ref, cfg.reference_splits), ("current", is_cur, cfg.current_splits)):
-        if not mask.any():
-            raise ValueError(
-                f"drift: no items for the {side} side in splits {list(wanted)}; the embeddings hold splits "
-                f"{sorted(set(split))}"
-            )
-    vectors = embeddings.item_vectors
-    summary = write_drift_report(vectors[is_ref], modality[is_ref], vectors[is_cur], modality[is_cur], cfg, cfg.out)
-    flagged = [row["scope"] for row in summary["scopes"] if row["drifted"]]
-    log.info("drift (%s, threshold %g): %s", cfg.method, summary["threshold"], flagged or "none")
-    return summary

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from m3ret.config import ConfigError, OptimConfig, PretrainConfig, to_dict
-from m3ret.data.frame_store import FrameStore
+from m3ret.data.frame_store import FrameBatches, FrameStore
 from m3ret.models.objectives import build_objective
 from m3ret.train.checkpoint import (
     ENCODER_FILE,
@@ -106,19 +106,6 @@ class StepBatchSampler(Sampler[list[int]]):
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
-class FrameBatches(Dataset):
-    """Indexed by a batch of positions into `frames`; one vectorised store read -> uint8 [B, S, S, 3]."""
-
-    def __init__(self, store: FrameStore, frames: np.ndarray) -> None:
-        self.store, self.frames = store, frames
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, batch: list[int]) -> Tensor:
-        return torch.from_numpy(self.store.get(self.frames[batch]))
-
-
 def build_optimizer(objective: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; weight decay on matrices only (ndim >= 2), not on biases, norms, tokens."""
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -195,7 +182,7 @@ def _pretrain(
     on_cuda = env.device.type == "cuda"
     sampler = StepBatchSampler(len(frames), cfg.batch_size, env.rank, env.world_size, cfg.seed, step, stop)
     loader = DataLoader(
-        FrameBatches(store, frames),
+        FrameBatches(store.root, frames),
         batch_size=None,
         sampler=sampler,
         num_workers=cfg.workers,

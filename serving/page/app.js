@@ -71,7 +71,7 @@ function render(result) {
   grid.replaceChildren(...result.hits.map(tile));
   const t = result.timing_ms;
   $("status").textContent =
-    `${result.hits.length} hits · decode ${t.decode} ms · preprocess ${t.preprocess} ms · ` +
+    `${result.hits.length} hits · decode ${t.decode} ms · ` +
     `encode ${t.encode} ms · search ${t.search} ms`;
   $("results").hidden = false;
 }

@@ -20,7 +20,7 @@ from m3ret.eval.index_evaluation import (
 )
 from m3ret.eval.retrieval_metrics import evaluate_embeddings
 from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import index_table
+from m3ret.index.rows import index_table
 from m3ret.models.encoder import build_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -12,14 +12,14 @@ import numpy as np
 from PIL import Image
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-from tiny_world import N_IMAGES, SALT, write_png
+from tiny_world import N_IMAGES, write_png
 
 from flows.drift_flow import drift_flow
 from flows.pretrain_flow import pretrain_flow
 from flows.refresh_flow import refresh_flow
 from m3ret.config import load_params
-from m3ret.refresh import refresh
-from m3ret.refresh_ledger import latest_batch
+from m3ret.index.ledger import latest_batch
+from m3ret.stages.refresh import refresh
 
 
 def _artifact(flow_run_id: UUID, key: str) -> str:
@@ -85,7 +85,7 @@ def test_drift_flow_compares_the_latest_batch_and_can_start_a_refresh(world, tmp
     for i in range(16):
         pixels = rng.integers(0, 256, size=(40, 40), dtype=np.uint8)
         Image.fromarray(pixels).save(Path("source") / f"noise{i:02d}.png")
-    refresh(world, SALT, state_dir)
+    refresh(world, state_dir)
     batch = latest_batch(state_dir)
 
     state = drift_flow("params.yaml", str(state_dir), trigger_refresh=True, return_state=True)

@@ -8,17 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 from PIL import Image
 
 from m3ret.config import Params, load_params
-from m3ret.data.ingest import ingest
-from m3ret.data.preprocess import preprocess
-from m3ret.data.splits import make_splits, write_splits
-from m3ret.index.build import build_collection
 from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import EmbeddingSet, embed_stage
+from m3ret.models.embedding_set import EmbeddingSet
+from m3ret.stages import embed, ingest, preprocess, split
+from m3ret.stages.index import build_collection
 
 SALT = b"flows-tests-salt-0123456789abcdef"
 SIZE = 32
@@ -48,6 +45,7 @@ def tiny_params() -> dict:
             "quarantine": "reports/quarantine.csv",
             "cache_dir": "data/cache/ingest",
             "salt_file": "data/id_salt",
+            "id_salt": SALT.decode(),
             "workers": 1,
         },
         "preprocess": {"out": "data/frames", "size": SIZE, "workers": 1},
@@ -78,13 +76,8 @@ def build_world(root: Path, encoder_file: Path, n_images: int = N_IMAGES) -> Pat
         params = load_params("params.yaml")
         Path(params.embed.encoder).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(encoder_file, params.embed.encoder)
-        manifest, _ = ingest(params.ingest, params.read, SALT)
-        preprocess(manifest, params.preprocess, params.read)
-        write_splits(make_splits(manifest, params.split), params.split.out)
-        splits = pd.read_parquet(params.split.out)
-        embed_stage(
-            params.embed, params.readout, Path(params.preprocess.out), manifest, splits, params.preprocess, params.read
-        )
+        for stage in (ingest, preprocess, split, embed):
+            stage.run(params)
     return root / "params.yaml"
 
 

@@ -15,7 +15,7 @@ from m3ret.config import IndexConfig
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError, SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import index_table
+from m3ret.index.rows import index_table
 
 DIM = 16
 MODALITIES = ("ct", "mri", "xray")

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from m3ret.config import DriftConfig, replace
-from m3ret.models.embeddings import EmbeddingSet
-from m3ret.monitoring.drift import drift_stage, embedding_drift, write_drift_report
+from m3ret.models.embedding_set import EmbeddingSet
+from m3ret.monitoring.drift import embedding_drift, write_drift_report
 from m3ret.monitoring.drift_plot import DRIFTED
+from m3ret.stages.drift import splits_drift
 
 DIM = 16
 # Evidently's own default thresholds: ROC AUC for `model`, MMD^2_u for `mmd`; and a score no chance reaches.
@@ -169,10 +170,10 @@ def _embedding_set(corpus: Corpus) -> EmbeddingSet:
     )
 
 
-def test_drift_stage_compares_the_configured_splits(tmp_path) -> None:
+def test_splits_drift_compares_the_configured_splits(tmp_path) -> None:
     embeddings = _embedding_set(Corpus(seed=8))
     cfg = DriftConfig(method="mmd", min_rows=16, out=str(tmp_path / "reports" / "drift"))
-    summary = drift_stage(embeddings, cfg)
+    summary = splits_drift(embeddings, cfg)
     scopes = _by_scope(summary)
     # unassigned items (split "", shifted here) are on neither side
     assert (scopes["all"]["n_reference"], scopes["all"]["n_current"]) == (20, 19)
@@ -182,4 +183,4 @@ def test_drift_stage_compares_the_configured_splits(tmp_path) -> None:
     assert written == ["drift.html", "drift.json", "drift.png"]
 
     with pytest.raises(ValueError, match=r"current side in splits \['holdout'\]"):
-        drift_stage(embeddings, replace(cfg, current_splits=("holdout",)))
+        splits_drift(embeddings, replace(cfg, current_splits=("holdout",)))

@@ -43,10 +43,11 @@ from m3ret.config import (  # noqa: E402
 from m3ret.data.ingest import ingest  # noqa: E402
 from m3ret.data.preprocess import preprocess  # noqa: E402
 from m3ret.data.splits import make_splits  # noqa: E402
-from m3ret.index.build import build_collection  # noqa: E402
 from m3ret.index.milvus_index import MilvusIndex  # noqa: E402
-from m3ret.models.embeddings import EmbeddingSet, embed_stage  # noqa: E402
+from m3ret.models.embedding_set import EmbeddingSet  # noqa: E402
 from m3ret.models.encoder import build_encoder  # noqa: E402
+from m3ret.stages.embed import embed_store  # noqa: E402
+from m3ret.stages.index import build_collection  # noqa: E402
 from m3ret.train.checkpoint import save_encoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +163,7 @@ def _build_index(root: Path, src: Path, prep_cfg: PreprocessConfig, index_cfg: I
         batch_size=64,
         workers=0,
     )
-    embed_stage(embed_cfg, ReadoutConfig(), Path(prep_cfg.out), manifest, splits, prep_cfg, read_cfg)
+    embed_store(embed_cfg, ReadoutConfig(), Path(prep_cfg.out), manifest, splits, prep_cfg, read_cfg)
     index = MilvusIndex(index_cfg)
     try:
         index.publish(build_collection(index, EmbeddingSet.load(embed_cfg.out)))

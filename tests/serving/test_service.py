@@ -54,7 +54,7 @@ def test_near_copies_come_back_first(served: Served) -> None:
 def test_response_shape_and_allow_listed_fields(served: Served) -> None:
     result = _search(served, served.queries["jpeg_copy"], k=3)
     assert set(result) == {"model_version", "query", "hits", "timing_ms"}
-    assert set(result["timing_ms"]) == {"decode", "preprocess", "encode", "search"}
+    assert set(result["timing_ms"]) == {"decode", "encode", "search"}
     assert result["query"]["kind"] == "image" and result["query"]["n_frames"] == 1
     assert result["query"]["preview_png"].startswith("data:image/png;base64,")
     assert [hit["rank"] for hit in result["hits"]] == [1, 2, 3]
@@ -125,7 +125,7 @@ def test_health_readiness_and_metrics(served: Served) -> None:
     assert httpx.get(f"{served.url}/readyz", timeout=TIMEOUT).status_code == 200
     _search(served, served.queries["png_noisy"], k=2)
     metrics = httpx.get(f"{served.url}/metrics", timeout=TIMEOUT).text
-    for step in ("decode", "preprocess", "encode", "search"):
+    for step in ("decode", "encode", "search"):
         count = re.search(rf'm3ret_step_seconds_count{{[^}}]*step="{step}"[^}}]*}} ([0-9.e+]+)', metrics)
         assert count and float(count.group(1)) >= 1, step
         assert re.search(rf'm3ret_step_seconds_bucket{{[^}}]*step="{step}"', metrics), step

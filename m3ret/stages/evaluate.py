@@ -1,4 +1,4 @@
-"""The evaluate stage: the candidate collection measured through Milvus, baselines beside it, the gate, the swap.
+"""The evaluate stage: the candidate collection measured through the index, baselines beside it, the gate, the swap.
 
 What is measured: the pipeline's own query split against its gallery split (relevance: `evaluate.label_column`,
 the modality by default), and, with `evaluate.bench`, a labeled benchmark folder or MedMNIST npz (relevance: its
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m3ret.config import EvaluateConfig, IndexConfig, Params, ReadoutConfig, replace
+from m3ret.config import EvaluateConfig, Params, ReadoutConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
 from m3ret.eval.baselines import floor_vectors, random_init_like, raw_pixel_embeddings
@@ -35,9 +35,10 @@ from m3ret.eval.index_evaluation import (
     write_evaluation_outputs,
 )
 from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings
-from m3ret.index.milvus_index import MilvusIndex, is_server_uri
-from m3ret.models.embeddings import EmbeddingSet, item_vectors
-from m3ret.models.encoder import Encoder
+from m3ret.index.vector_index import VectorIndex, open_index, scratch_config
+from m3ret.models.embedding_set import EmbeddingSet
+from m3ret.models.encoder import Encoder, load_encoder
+from m3ret.models.frame_vectors import item_vectors
 
 GATE_REPORT, COMPARISON = "gate.json", "comparison.md"
 log = logging.getLogger(__name__)
@@ -69,16 +70,8 @@ def _baseline_item_vectors(
     return out
 
 
-def _scratch_index(index: MilvusIndex, folder: str) -> IndexConfig:
-    """Where throw-away baseline collections go: the same server, or a Lite file of their own (a Lite file admits
-    one client per process and closing it stops its server)."""
-    if is_server_uri(index.cfg.uri):
-        return index.cfg
-    return replace(index.cfg, uri=str(Path(folder) / "scratch.db"))
-
-
 def evaluate_splits(
-    index: MilvusIndex,
+    index: VectorIndex,
     collection: str,
     embeddings: EmbeddingSet,
     frames_dir: Path,
@@ -106,7 +99,7 @@ def evaluate_splits(
         with tempfile.TemporaryDirectory(prefix="m3ret-eval-") as scratch:
             for name, floor in _baseline_item_vectors(frames_dir, embeddings, encoder, readout).items():
                 results[name] = evaluate_vectors_in_index(
-                    _scratch_index(index, scratch), items, floor, k, label, collection_version(name)
+                    scratch_config(index.cfg, Path(scratch)), items, floor, k, label, collection_version(name)
                 )
     thumbnails = Thumbnails(frames_dir, size=96)
     q_ids, g_ids = items.loc[queries, "item_id"].to_numpy(), items.loc[gallery, "item_id"].to_numpy()
@@ -124,7 +117,7 @@ def evaluate_splits(
 
 
 def evaluate_stage(
-    index: MilvusIndex,
+    index: VectorIndex,
     collection: str,
     embeddings: EmbeddingSet,
     frames_dir: Path,
@@ -139,7 +132,9 @@ def evaluate_stage(
     bench: dict[str, IndexEvaluation] = {}
     if cfg.bench:
         with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
-            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, readout, _scratch_index(index, scratch), size)
+            bench = evaluate_benchmark(
+                Path(cfg.bench), encoder, cfg, readout, scratch_config(index.cfg, Path(scratch)), size
+            )
         grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, size)
     results = {f"splits {name}": value for name, value in splits.items()}
     results.update({f"bench {name}": value for name, value in bench.items()})
@@ -167,7 +162,7 @@ def evaluate_stage(
 
 
 def evaluate_pipeline_outputs(
-    index: MilvusIndex, collection: str, embeddings: EmbeddingSet, encoder: Encoder, params: Params
+    index: VectorIndex, collection: str, embeddings: EmbeddingSet, encoder: Encoder, params: Params
 ) -> dict[str, Any]:
     """`evaluate_stage` of `collection` with the pipeline's own frame store and params.yaml's sections."""
     return evaluate_stage(
@@ -180,3 +175,31 @@ def evaluate_pipeline_outputs(
         params.readout,
         params.preprocess.size,
     )
+
+
+def run(params: Params) -> dict[str, Any]:
+    """The evaluate stage on the pipeline's outputs: the collection of `embed.out`'s model version, measured and
+    gated; returns the gate report (the comparison tables are in `evaluate.out`/COMPARISON)."""
+    encoder = load_encoder(params.embed.model)
+    embeddings = EmbeddingSet.load(params.embed.out)
+    index = open_index(params.index)
+    try:
+        return evaluate_pipeline_outputs(
+            index, index.collection_name(embeddings.model_version), embeddings, encoder, params
+        )
+    finally:
+        index.close()
+
+
+def run_bench(params: Params, bench: Path) -> tuple[dict[str, IndexEvaluation], Path]:
+    """`embed.model` and the floors on one labeled folder or MedMNIST npz, no gate, no publish; writes
+    `evaluate.out/bench-<name>`. Returns (results per model, that folder)."""
+    encoder = load_encoder(params.embed.model)
+    with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
+        scratch_cfg = scratch_config(params.index, Path(scratch))
+        results = evaluate_benchmark(
+            bench, encoder, params.evaluate, params.readout, scratch_cfg, params.preprocess.size
+        )
+    out = Path(params.evaluate.out) / f"bench-{bench.stem}"
+    write_evaluation_outputs(results, out)
+    return results, out

@@ -2,7 +2,7 @@
 
 Items are known by content hash (ingest's item id), so an unchanged file is skipped, a changed file is a new item
 whose old rows are deleted, and a file that vanished has its rows deleted. Only new items are preprocessed and
-embedded, with the published model; the ledger (`m3ret.refresh_ledger`) is updated after the index holds the batch.
+embedded, with the published model; the ledger (`m3ret.index.ledger`) is updated after the index holds the batch.
 
 A new model (the encoder's version differs from the published collection's) is not mixed into the old collection:
 `rebuild_for_new_model` builds its own collection from the embed stage's output, and publishes it only when the
@@ -24,14 +24,10 @@ import pandas as pd
 
 from m3ret.config import Params, replace
 from m3ret.data.ingest import content_hash, ingest
+from m3ret.data.phi import ingest_salt
 from m3ret.data.preprocess import preprocess
 from m3ret.data.splits import make_splits
-from m3ret.eval.evaluate_stage import evaluate_pipeline_outputs
-from m3ret.index.build import build_collection
-from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import EmbeddingSet, embed_pipeline_outputs, embed_with_retrieval_model, model_version
-from m3ret.models.encoder import load_encoder
-from m3ret.refresh_ledger import (
+from m3ret.index.ledger import (
     BATCH_REPORT,
     BATCHES_DIR,
     LEDGER_COLUMNS,
@@ -40,6 +36,14 @@ from m3ret.refresh_ledger import (
     reconcile,
     save_ledger,
 )
+from m3ret.index.rows import embedding_rows
+from m3ret.index.vector_index import VectorIndex, open_index
+from m3ret.models.embedding_set import EmbeddingSet
+from m3ret.models.encoder import load_encoder
+from m3ret.models.model_version import model_version
+from m3ret.stages import embed
+from m3ret.stages.evaluate import evaluate_pipeline_outputs
+from m3ret.stages.index import build_collection
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +86,24 @@ def encoder_version(params: Params) -> str:
     return model_version(params.embed.model, params.preprocess, params.read)
 
 
-def new_model_version(params: Params, token: str = "") -> str | None:
+def new_model_version(params: Params) -> str | None:
     """The retrieval model's version when the alias does not point at its collection yet (a new model), else None.
     A changed encoder or readout is first turned into a retrieval model by the embed stage (a no-op when current)."""
-    version = embed_pipeline_outputs(params)["model_version"]
-    index = MilvusIndex(params.index, token)
+    version = embed.run(params)["model_version"]
+    index = open_index(params.index)
     try:
         return None if index.current() == index.collection_name(version) else version
     finally:
         index.close()
 
 
-def rebuild_for_new_model(params: Params, token: str = "") -> RebuildReport:
+def rebuild_for_new_model(params: Params) -> RebuildReport:
     """Embed stage output (computed now unless up to date) -> the new version's collection -> the evaluate stage,
     whose gate publishes it (alias swap, old collections beyond `index.retain` dropped) only when it passes."""
-    embed_pipeline_outputs(params)
+    embed.run(params)
     embeddings = EmbeddingSet.load(params.embed.out)
     encoder = load_encoder(params.embed.model)
-    index = MilvusIndex(params.index, token)
+    index = open_index(params.index)
     try:
         name = build_collection(index, embeddings)
         gate = evaluate_pipeline_outputs(index, name, embeddings, encoder, params)
@@ -111,9 +115,7 @@ def rebuild_for_new_model(params: Params, token: str = "") -> RebuildReport:
 
 def refresh(
     params: Params,
-    salt: bytes,
     state_dir: Path,
-    token: str = "",
     on_step: Callable[[str], None] | None = None,
 ) -> RefreshReport:
     """Bring the published collection up to date with `params.ingest.sources` (module docstring).
@@ -124,7 +126,7 @@ def refresh(
     """
     state_dir = Path(state_dir)
     batch = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    index = MilvusIndex(params.index, token)
+    index = open_index(params.index)
     try:
         version = encoder_version(params)
         collection = index.current()
@@ -135,7 +137,7 @@ def refresh(
             )
         drop_unfinished_batches(state_dir)
         ledger = reconcile(load_ledger(state_dir), index, collection, version)
-        manifest, rejects = _scan(params, salt, state_dir)
+        manifest, rejects = _scan(params, state_dir)
         report = RefreshReport(batch=batch, model_version=version)
         new = manifest[~manifest["item_id"].isin(ledger["item_id"])]
         report.skipped = len(manifest) - len(new)
@@ -173,12 +175,12 @@ def refresh(
         index.close()
 
 
-def _scan(params: Params, salt: bytes, state_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _scan(params: Params, state_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingest every source (the content-hash cache makes unchanged files cheap) -> (manifest, rejects with the
     item id their bytes would have, "" when unreadable)."""
     scan = state_dir / "scan"
     cfg = replace(params.ingest, out=str(scan / "manifest.parquet"), quarantine=str(scan / "quarantine.csv"))
-    manifest, rejects = ingest(cfg, params.read, salt)
+    manifest, rejects = ingest(cfg, params.read, ingest_salt(params.ingest))
     rejects = rejects.assign(item_id=[_item_id_of(p) for p in rejects["path"]])
     return manifest, rejects.drop_duplicates("path")
 
@@ -192,7 +194,7 @@ def _item_id_of(path: str) -> str:
 
 def _index_batch(
     params: Params,
-    index: MilvusIndex,
+    index: VectorIndex,
     collection: str,
     new: pd.DataFrame,
     batch_dir: Path,
@@ -211,14 +213,14 @@ def _index_batch(
         return done, failed
     # the split rule is a keyed hash of the group, so these items land where a full rerun would put them
     splits = make_splits(done, params.split)
-    summary = embed_with_retrieval_model(
+    summary = embed.embed_with_retrieval_model(
         replace(params.embed, out=str(batch_dir)), frames_dir, done, splits, params.preprocess, params.read
     )
     if index.collection_name(summary["model_version"]) != collection:
         raise ModelVersionError(f"the encoder changed during the refresh (now {summary['model_version']})")
     embeddings = EmbeddingSet.load(batch_dir)
     for level in ("frame", "series"):
-        rows, vectors = embeddings.index_rows((level,))
+        rows, vectors = embedding_rows(embeddings, (level,))
         index.write(rows, vectors, collection=collection)
         if on_step:
             on_step(f"upsert {level}")
@@ -253,3 +255,12 @@ def _quarantined_entries(rejects: pd.DataFrame, batch: str) -> pd.DataFrame:
             "batch": batch,
         }
     )[list(LEDGER_COLUMNS)]
+
+
+def run(params: Params, state_dir: Path) -> dict[str, Any]:
+    """One refresh without a scheduler: a new retrieval model is built, gated and published first (its collection
+    stays unpublished and the refresh is skipped when the gate fails); then new and changed files are indexed.
+    Returns {"rebuild": RebuildReport dict or None, "refresh": RefreshReport dict or None}."""
+    rebuild = rebuild_for_new_model(params).to_dict() if new_model_version(params) is not None else None
+    report = None if rebuild and not rebuild["published"] else refresh(params, state_dir).to_dict()
+    return {"rebuild": rebuild, "refresh": report}

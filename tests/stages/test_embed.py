@@ -13,9 +13,13 @@ import torch
 
 from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, ReadConfig, ReadoutConfig, to_dict
 from m3ret.data.frame_store import FRAME_COLUMNS, ShardWriter, write_frames_table
+from m3ret.index.rows import embedding_rows
 from m3ret.index.schema import row_id
-from m3ret.models.embeddings import EMBED_INFO, EmbeddingSet, embed_stage, item_vectors, model_version
+from m3ret.models.embedding_set import EMBED_INFO, EmbeddingSet
 from m3ret.models.encoder import build_encoder, load_encoder
+from m3ret.models.frame_vectors import item_vectors
+from m3ret.models.model_version import model_version
+from m3ret.stages.embed import embed_store
 from m3ret.train.checkpoint import save_encoder
 
 SIZE = 32
@@ -75,7 +79,7 @@ PLAIN = ReadoutConfig(whiten=False)
 
 def test_vectors_match_the_encoder_and_items_are_renormalised_means(pipeline):
     cfg, frames_dir, manifest, splits, frames = pipeline
-    summary = embed_stage(cfg, PLAIN, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
+    summary = embed_store(cfg, PLAIN, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
     emb = EmbeddingSet.load(cfg.out)
     expected = load_encoder(cfg.encoder).embed(frames).numpy()
     np.testing.assert_allclose(load_encoder(cfg.model).embed(frames).numpy(), expected, atol=1e-6)
@@ -86,7 +90,7 @@ def test_vectors_match_the_encoder_and_items_are_renormalised_means(pipeline):
     np.testing.assert_allclose(emb.item_vectors[0], mean_a / np.linalg.norm(mean_a), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb.item_vectors, axis=1), 1.0, atol=1e-5)
     assert list(emb.frames.split) == ["gallery"] * 3 + ["query"] + ["pretrain"] * 2
-    rows, vectors = emb.index_rows()
+    rows, vectors = embedding_rows(emb)
     assert len(rows) == len(vectors) == 9 and rows["id"].is_unique
     assert rows.loc[rows.level == "series", "frame_index"].eq(-1).all()
     assert rows["id"].iloc[1] == row_id("frame", "a", "", 0, 1)
@@ -96,24 +100,24 @@ def test_vectors_match_the_encoder_and_items_are_renormalised_means(pipeline):
 def test_rerun_with_unchanged_model_and_frames_does_nothing(pipeline):
     cfg, frames_dir, manifest, splits, _frames = pipeline
     prep, read = PreprocessConfig(size=SIZE), ReadConfig()
-    first = embed_stage(cfg, PLAIN, frames_dir, manifest, splits, prep, read)
+    first = embed_store(cfg, PLAIN, frames_dir, manifest, splits, prep, read)
     vectors_file = f"{cfg.out}/frame_vectors.npy"
     mtime = os.stat(vectors_file).st_mtime_ns
-    assert embed_stage(cfg, PLAIN, frames_dir, manifest, splits, prep, read) == first
+    assert embed_store(cfg, PLAIN, frames_dir, manifest, splits, prep, read) == first
     assert first == json.loads((Path(cfg.out) / EMBED_INFO).read_text())
     assert os.stat(vectors_file).st_mtime_ns == mtime
     # another preprocessing of the same checkpoint is another model version: everything is embedded again
     assert model_version(cfg.model, PreprocessConfig(size=64), read) != first["model_version"]
     assert model_version(cfg.model, PreprocessConfig(size=SIZE, workers=7), read) == first["model_version"]
     # another readout is another retrieval model and another version
-    grid = embed_stage(cfg, ReadoutConfig(pooling="mean+grid", whiten=False), frames_dir, manifest, splits, prep, read)
+    grid = embed_store(cfg, ReadoutConfig(pooling="mean+grid", whiten=False), frames_dir, manifest, splits, prep, read)
     assert grid["model_version"] != first["model_version"] and grid["dim"] == 192 * 5
 
 
 def test_whitening_is_fitted_on_fit_splits_only_and_queries_share_it(pipeline):
     cfg, frames_dir, manifest, splits, frames = pipeline
     readout = ReadoutConfig(pooling="mean", whiten=True, whiten_shrinkage=0.5, fit_splits=("gallery", "pretrain"))
-    summary = embed_stage(cfg, readout, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
+    summary = embed_store(cfg, readout, frames_dir, manifest, splits, PreprocessConfig(size=SIZE), ReadConfig())
     emb = EmbeddingSet.load(cfg.out)
     model = load_encoder(cfg.model)
     assert model.readout.whitened and summary["dim"] == 192
@@ -134,7 +138,7 @@ def test_whitening_without_enough_fit_frames_is_a_clear_error(pipeline):
     cfg, frames_dir, manifest, splits, _frames = pipeline
     only_query_groups = splits.assign(split=["query", "query", "query"])
     with pytest.raises(ValueError, match="fewer than 2 frames in readout.fit_splits"):
-        embed_stage(
+        embed_store(
             cfg, ReadoutConfig(), frames_dir, manifest, only_query_groups, PreprocessConfig(size=SIZE), ReadConfig()
         )
 

@@ -11,18 +11,15 @@ Batches live in `<state_dir>/batches/<batch>/`: frames, item vectors + metadata 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from m3ret.config import DriftConfig
 from m3ret.index.filters import SearchFilter
-from m3ret.index.milvus_index import MilvusIndex
-from m3ret.models.embeddings import EMBED_INFO, ITEM_VECTORS, ITEMS_META
+from m3ret.index.vector_index import VectorIndex
+from m3ret.models.embedding_set import ITEM_VECTORS
 
 LEDGER_FILE = "ledger.parquet"
 LEDGER_COLUMNS = ("item_id", "content_hash", "path", "status", "reason", "model_version", "batch")
@@ -56,25 +53,7 @@ def save_ledger(state_dir: Path, ledger: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def collection_items(index: MilvusIndex, collection: str, batch_size: int = 1000) -> pd.DataFrame:
-    """[item_id, source_path] of every item with a series row in `collection` (one query iterator pass)."""
-    index.client.load_collection(collection)
-    iterator = index.client.query_iterator(
-        collection,
-        batch_size=batch_size,
-        filter=SearchFilter(level="series").expression(),
-        output_fields=["item_id", "source_path"],
-    )
-    rows: list[dict] = []
-    try:
-        while page := iterator.next():
-            rows += page
-    finally:
-        iterator.close()
-    return pd.DataFrame(rows, columns=["item_id", "source_path"]).drop_duplicates("item_id")
-
-
-def reconcile(ledger: pd.DataFrame, index: MilvusIndex, collection: str, version: str) -> pd.DataFrame:
+def reconcile(ledger: pd.DataFrame, index: VectorIndex, collection: str, version: str) -> pd.DataFrame:
     """Align the ledger's indexed rows with `collection` when they may disagree: before the first refresh (the
     pipeline built the collection) and after a new model was published (its collection was built from the
     pipeline's embeddings, so items earlier refreshes added are missing from it). Indexed rows the collection does
@@ -82,7 +61,9 @@ def reconcile(ledger: pd.DataFrame, index: MilvusIndex, collection: str, version
     indexed = ledger["status"] == "indexed"
     if len(ledger) and (ledger.loc[indexed, "model_version"] == version).all():
         return ledger
-    present = collection_items(index, collection)
+    present = index.rows(collection, SearchFilter(level="series"), ("item_id", "source_path")).drop_duplicates(
+        "item_id"
+    )
     keep = ledger[~indexed | ledger["item_id"].isin(present["item_id"])].copy()
     keep.loc[keep["status"] == "indexed", "model_version"] = version
     learnt = present[~present["item_id"].isin(keep["item_id"])]
@@ -116,34 +97,3 @@ def latest_batch(state_dir: Path) -> Path | None:
     root = Path(state_dir) / BATCHES_DIR
     done = [d for d in sorted(root.glob("*")) if (d / BATCH_REPORT).exists() and (d / ITEM_VECTORS).exists()]
     return done[-1] if done else None
-
-
-def load_window(folder: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """Item metadata and item vectors float32 [M, D] of a batch or of the embed stage's output folder."""
-    folder = Path(folder)
-    return pd.read_parquet(folder / ITEMS_META), np.load(folder / ITEM_VECTORS)
-
-
-def batch_drift(embed_dir: Path, batch_dir: Path, cfg: DriftConfig) -> dict:
-    """Drift of a batch's items (current) against the embed stage's items of `cfg.reference_splits` (reference),
-    written to `cfg.out/<batch>`; the drift summary plus "batch" and "model_version". Raises ValueError when the two
-    sides were embedded by different models (their vectors are not comparable)."""
-    # Evidently is imported only here: a refresh never needs it, and it is slow to import
-    from m3ret.monitoring.drift import write_drift_report
-
-    embed_dir, batch_dir = Path(embed_dir), Path(batch_dir)
-    versions = [json.loads((d / EMBED_INFO).read_text())["model_version"] for d in (embed_dir, batch_dir)]
-    if versions[0] != versions[1]:
-        raise ValueError(f"{batch_dir} holds model {versions[1]} vectors, {embed_dir} {versions[0]}: not comparable")
-    ref_items, reference = load_window(embed_dir)
-    cur_items, current = load_window(batch_dir)
-    keep = ref_items["split"].isin(cfg.reference_splits).to_numpy()
-    summary = write_drift_report(
-        reference[keep],
-        ref_items["modality"].to_numpy()[keep],
-        current,
-        cur_items["modality"].to_numpy(),
-        cfg,
-        Path(cfg.out) / batch_dir.name,
-    )
-    return {**summary, "batch": batch_dir.name, "model_version": versions[0]}
