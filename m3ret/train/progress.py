@@ -7,7 +7,8 @@ a DVC repository and fails in a git repo without commits: training must not depe
 
 Training metrics are logged under `train/` (loss, each objective log, lr, grad_norm) and evaluation metrics under
 `eval/` (whatever `evaluate` returns, e.g. `mAP@10`). Every series file has the columns step, images_seen, <name>,
-so `dvc plots` draws any of them against images seen (`x: images_seen`); the summary holds the latest values.
+so `dvc plots` draws any of them against images seen (`x: images_seen`); the summary holds the latest values. Each
+evaluation also redraws `learning_curve.png` (learning_curve.py) from the `eval/` series.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from m3ret.train.learning_curve import LEARNING_CURVE_PNG, write_learning_curve
+
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +44,8 @@ class ProgressReporter:
         if start_step > 0:
             _drop_rows_after(plots, start_step)
         else:
-            for stale in plots.rglob("*.tsv"):
-                stale.unlink()
+            for stale in [*plots.rglob("*.tsv"), self.dir / LEARNING_CURVE_PNG]:
+                stale.unlink(missing_ok=True)
         summary = self.dir / "metrics.json"
         self.summary: dict = json.loads(summary.read_text()) if start_step > 0 and summary.exists() else {}
         self.stop_step, self.total_steps = stop_step, total_steps
@@ -67,8 +70,10 @@ class ProgressReporter:
         self._log("train", step, images_seen, metrics)
 
     def evaluation(self, step: int, images_seen: int, metrics: dict[str, float]) -> None:
+        """Report an `evaluate` result and redraw the learning curve (when it holds `mAP@10`)."""
         log.info("step %d/%d  eval %s", step, self.total_steps, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         self._log("eval", step, images_seen, metrics)
+        write_learning_curve(self.dir)
 
     def close(self) -> None:
         """Nothing is buffered: every report is on disk when it returns."""
