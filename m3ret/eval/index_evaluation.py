@@ -22,6 +22,7 @@ import pandas as pd
 from m3ret.config import EvaluateConfig, IndexConfig, ReadoutConfig
 from m3ret.eval.baselines import raw_pixel_embeddings
 from m3ret.eval.benchmark_folder import benchmark_model_vectors, load_benchmark_folder
+from m3ret.eval.per_dataset_chart import PER_DATASET_PNG, per_dataset_chart
 from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings, retrieval_grid
 from m3ret.eval.retrieval_metrics import (
     RetrievalResult,
@@ -339,6 +340,7 @@ def write_evaluation_outputs(
     pd.DataFrame.from_records(records, columns=["dataset", "model", *cols]).to_csv(
         out_dir / "per_dataset.csv", index=False
     )
+    per_dataset_chart(pd.DataFrame.from_records(records)).savefig(out_dir / PER_DATASET_PNG)
     if grid_rows:
         retrieval_grid(grid_rows, out_dir / GRID_FILE)
     return metrics

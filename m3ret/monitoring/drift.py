@@ -179,5 +179,5 @@ def write_drift_report(
     files = {"json": out_dir / DRIFT_JSON, "html": out_dir / DRIFT_HTML, "png": out_dir / DRIFT_PNG}
     files["json"].write_text(json.dumps(summary, indent=2) + "\n")
     files["html"].write_text(_html(summary, scopes, method), encoding="utf-8")
-    drift_chart(summary).save(files["png"])
+    drift_chart(summary).savefig(files["png"])
     return summary | {"files": {k: str(v) for k, v in files.items()}}

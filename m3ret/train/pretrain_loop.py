@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -36,7 +36,7 @@ from m3ret.train.checkpoint import (
     save_encoder,
 )
 from m3ret.train.distributed import DistEnv, cleanup_distributed, init_distributed
-from m3ret.train.progress import ProgressReporter
+from m3ret.train.progress import MetricWindow, ProgressReporter
 from m3ret.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def _pretrain(
         model = DistributedDataParallel(objective, device_ids=[env.device.index] if on_cuda else None)
     params = [p for p in objective.parameters() if p.requires_grad]
     reporter = ProgressReporter(Path(cfg.metrics_dir), step, stop, total, images_seen) if env.is_main else None
-    window = _Window()
+    window = MetricWindow()
     saved_at = step if resumed is not None else -1
 
     objective.train()
@@ -242,33 +242,6 @@ def _pretrain(
     if env.world_size > 1:
         dist.barrier()
     return result
-
-
-class _Window:
-    """Sums of the loss and logs since the last report, kept on the device so that steps never wait on `.item()`."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, Tensor]) -> None:
-        for name, value in values.items():
-            value = torch.as_tensor(value).detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
-
-    def mean(self, world_size: int, step: int) -> dict[str, float]:
-        """Means over the window and all ranks (a collective: every rank calls it at the same steps)."""
-        names = sorted(self.sums)
-        means = torch.stack([self.sums[n] for n in names]) / self.count
-        if world_size > 1:
-            dist.all_reduce(means)
-            means /= world_size
-        self.sums, self.count = {}, 0
-        result = dict(zip(names, means.tolist(), strict=True))
-        if not math.isfinite(result["loss"]):
-            raise FloatingPointError(f"pretrain loss is {result['loss']} at step {step}; lower pretrain.optim.lr")
-        return result
 
 
 def _evaluate(

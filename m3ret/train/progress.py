@@ -1,12 +1,14 @@
-"""Rank-0 reporting for the pretrain loop: a progress log line, and metric files in the layout dvc reads
-(`metrics.json` summary, `plots/metrics/<group>/<name>.tsv` series; the layout dvclive uses).
+"""Reporting for the pretrain loop: on rank 0 a progress log line and metric files in the layout dvc reads
+(`metrics.json` summary, `plots/metrics/<group>/<name>.tsv` series; the layout dvclive uses); on every rank the
+window of training metrics averaged between reports (its mean is a collective).
 
 The files are written directly rather than through dvclive, which looks for (and inside a plain git repo creates)
 a DVC repository and fails in a git repo without commits: training must not depend on where it is started.
 
 Training metrics are logged under `train/` (loss, each objective log, lr, grad_norm) and evaluation metrics under
 `eval/` (whatever `evaluate` returns, e.g. `mAP@10`). Every series file has the columns step, images_seen, <name>,
-so `dvc plots` draws any of them against images seen (`x: images_seen`); the summary holds the latest values.
+so `dvc plots` draws any of them against images seen (`x: images_seen`); the summary holds the latest values. Each
+evaluation also redraws `learning_curve.png` (learning_curve.py) from the `eval/` series.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ import csv
 import datetime
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from m3ret.train.learning_curve import LEARNING_CURVE_PNG, write_learning_curve
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +44,8 @@ class ProgressReporter:
         if start_step > 0:
             _drop_rows_after(plots, start_step)
         else:
-            for stale in plots.rglob("*.tsv"):
-                stale.unlink()
+            for stale in [*plots.rglob("*.tsv"), self.dir / LEARNING_CURVE_PNG]:
+                stale.unlink(missing_ok=True)
         summary = self.dir / "metrics.json"
         self.summary: dict = json.loads(summary.read_text()) if start_step > 0 and summary.exists() else {}
         self.stop_step, self.total_steps = stop_step, total_steps
@@ -61,8 +70,10 @@ class ProgressReporter:
         self._log("train", step, images_seen, metrics)
 
     def evaluation(self, step: int, images_seen: int, metrics: dict[str, float]) -> None:
+        """Report an `evaluate` result and redraw the learning curve (when it holds `mAP@10`)."""
         log.info("step %d/%d  eval %s", step, self.total_steps, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         self._log("eval", step, images_seen, metrics)
+        write_learning_curve(self.dir)
 
     def close(self) -> None:
         """Nothing is buffered: every report is on disk when it returns."""
@@ -80,6 +91,33 @@ class ProgressReporter:
         tmp = self.dir / f"metrics.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.dir / "metrics.json")
+
+
+class MetricWindow:
+    """Sums of the loss and logs since the last report, kept on the device so that steps never wait on `.item()`."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def mean(self, world_size: int, step: int) -> dict[str, float]:
+        """Means over the window and all ranks (a collective: every rank calls it at the same steps)."""
+        names = sorted(self.sums)
+        means = torch.stack([self.sums[n] for n in names]) / self.count
+        if world_size > 1:
+            dist.all_reduce(means)
+            means /= world_size
+        self.sums, self.count = {}, 0
+        result = dict(zip(names, means.tolist(), strict=True))
+        if not math.isfinite(result["loss"]):
+            raise FloatingPointError(f"pretrain loss is {result['loss']} at step {step}; lower pretrain.optim.lr")
+        return result
 
 
 def _drop_rows_after(plots_dir: Path, step: int) -> None:

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 from PIL import Image
 
 from m3ret.config import DriftConfig, replace
 from m3ret.models.embedding_set import EmbeddingSet
 from m3ret.monitoring.drift import embedding_drift, write_drift_report
-from m3ret.monitoring.drift_plot import DRIFTED
+from m3ret.monitoring.drift_plot import DRIFTED, STEADY, THRESHOLD, UNTESTED, drift_chart
 from m3ret.stages.drift import splits_drift
 
 DIM = 16
@@ -147,9 +148,43 @@ def test_report_files_show_the_same_verdict(tmp_path) -> None:
             assert f"Drift in embeddings '{row['scope']}'" in html
             assert f"Drift score: {round(row['score'], 3)}" in html
     with Image.open(files["png"]) as image:
+        assert image.format == "PNG"
+        assert 400 <= image.width <= 1000 and 300 <= image.height <= 600  # 4 scopes at 100 dpi
         pixels = np.asarray(image.convert("RGB"))
-    red = tuple(int(DRIFTED[i : i + 2], 16) for i in (1, 3, 5))
-    assert (pixels == red).all(axis=-1).sum() > 100  # the drifted bars are drawn
+    assert (pixels == _rgb(DRIFTED)).all(axis=-1).sum() > 100  # the drifted bars are drawn
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_drift_chart_draws_a_bar_per_tested_scope_and_the_status_of_the_others() -> None:
+    def row(scope: str, status: str, score: float | None, drifted: bool) -> dict:
+        return {"scope": scope, "status": status, "score": score, "drifted": drifted, "n_reference": 30, "n_current": 2}
+
+    summary = {
+        "method": "mmd",
+        "threshold": 0.015,
+        "drifted": True,
+        "scopes": [
+            row("all", "tested", 0.05, True),
+            row("CT", "tested", -0.001, False),
+            row("MR", "new modality", None, True),
+            row("US", "too few rows", None, False),
+        ],
+    }
+    ax = drift_chart(summary).axes[0]
+    bars = ax.patches
+    assert [round(b.get_height(), 3) for b in bars] == [0.05, -0.001]
+    assert [to_hex(b.get_facecolor()) for b in bars] == [DRIFTED, STEADY]
+    texts = {t.get_text(): to_hex(t.get_color()) for t in ax.texts}
+    assert texts["new modality"] == DRIFTED and texts["too few rows"] == UNTESTED
+    assert {"0.050", "-0.001"} <= set(texts)  # value labels
+    threshold = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert threshold.get_ydata()[0] == 0.015 and to_hex(threshold.get_color()) == THRESHOLD
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["all\n30 / 2", "CT\n30 / 2", "MR\n30 / 2", "US\n30 / 2"]
+    assert ax.get_ylim()[0] < -0.001 and ax.get_ylim()[1] > 0.05  # the negative bar and the labels fit
+    assert "DRIFT" in ax.get_title(loc="left")
 
 
 def _embedding_set(corpus: Corpus) -> EmbeddingSet:

@@ -2,10 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from m3ret.config import ConfigError, ModelConfig, PretrainConfig, replace
 from m3ret.data.frame_store import FRAME_COLUMNS, FrameStore, ShardWriter, write_frames_table
 from m3ret.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from m3ret.train.learning_curve import LEARNING_CURVE_PNG
 from m3ret.train.pretrain_loop import StepBatchSampler, pretrain, select_frames
 
 SIZE = 32
@@ -210,7 +212,13 @@ def test_init_starts_from_a_users_checkpoint_and_epochs_0_exports_it(data, tmp_p
 def test_eval_every_epochs_gives_one_point_per_epoch(data, tmp_path):
     frames_dir, splits_path = data
     cfg = tiny_cfg(tmp_path, "per_epoch", epochs=3.0, eval_every_epochs=1.0)  # 5 steps per epoch
-    pretrain(cfg, frames_dir, splits_path, evaluate=lambda encoder: {"mAP@10": 0.5})
+    scores = {"mAP@10": 0.5, "d1/mAP@10": 0.4, "d2/mAP@10": 0.6, "d2/P@1": 0.7}  # as benchmark_evaluator's keys
+    pretrain(cfg, frames_dir, splits_path, evaluate=lambda encoder: scores)
     assert read_series(cfg.metrics_dir, "eval/mAP@10")["step"].tolist() == [0, 5, 10, 15]
+    assert read_series(cfg.metrics_dir, "eval/d2/mAP@10")["mAP@10"].tolist() == [0.6] * 4
+    # the learning curve is redrawn at each evaluation: the mean panel and one per dataset, 4.2 x 3.6 in at 120 dpi
+    with Image.open(f"{cfg.metrics_dir}/{LEARNING_CURVE_PNG}") as image:
+        assert image.format == "PNG" and image.size == (3 * 504, 432)
+        assert np.asarray(image.convert("L")).std() > 0  # not a blank canvas
     with pytest.raises(ConfigError, match="not both"):
         tiny_cfg(tmp_path, "both", eval_every=2, eval_every_epochs=1.0)
