@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-STEPS = ("decode", "preprocess", "encode", "search")
+STEPS = ("decode", "encode", "search")
 _BATCH = re.compile(r'adaptive_batch_size_(sum|count)\{[^}]*method_name="encode"[^}]*\} ([0-9.e+-]+)')
 
 
@@ -69,14 +69,14 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int) -
 
 def table(rows: list[dict[str, float]]) -> str:
     head = (
-        "| concurrency | requests | req/s | p50 ms | p99 ms | decode ms | preprocess ms | encode ms | search ms "
+        "| concurrency | requests | req/s | p50 ms | p99 ms | decode ms | encode ms | search ms "
         "| outside encode | requests per forward pass |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['concurrency']:.0f} | {r['requests']:.0f} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} "
-            f"| {r['decode']:.1f} | {r['preprocess']:.1f} | {r['encode']:.1f} | {r['search']:.1f} "
+            f"| {r['decode']:.1f} | {r['encode']:.1f} | {r['search']:.1f} "
             f"| {r['outside_encode']:.0%} | {r['per_batch']:.2f} |"
         )
     return "\n".join(lines)

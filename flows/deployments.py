@@ -1,4 +1,4 @@
-"""Serve the three flows as scheduled deployments from one long-running process (`python -m flows serve`).
+"""Serve the three flows as scheduled deployments from one long-running process (`m3ret-flows serve`).
 
 Default schedules (cron, the server's time zone UTC): refresh hourly, drift daily, pretrain weekly. The same
 deployments for work pools (a GPU pool for pretraining) are in prefect.yaml at the repository root.
