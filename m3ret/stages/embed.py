@@ -64,8 +64,19 @@ def _inputs_id(
     return digest.hexdigest()[:16]
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _pool(
+    cfg: EmbedConfig, model: str, frames_dir: Path, n_frames: int, readout: ReadoutConfig | None = None
+) -> tuple[Encoder, torch.Tensor, float]:
+    """(the encoder in `model`, its readout's pooling set to `readout` when given; the pooled vectors of the
+    store's frames [n_frames, D']; the seconds they took)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder = load_encoder(model, "cuda" if torch.cuda.is_available() else "cpu")
+    if readout is not None:
+        encoder.set_readout(readout.pooling, readout.grid)
+    tic = time.perf_counter()
+    pooled = pool_frames(encoder, frames_dir, n_frames, cfg.batch_size, cfg.workers)
+    return encoder, pooled, time.perf_counter() - tic
 
 
 def embed_store(
@@ -89,17 +100,11 @@ def embed_store(
         if done.get("inputs") == inputs and done.get("model_version") == model_version(cfg.model, preprocess, read):
             log.info("embed: encoder, readout and frames unchanged; nothing to do")
             return done
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    encoder = load_encoder(cfg.encoder, _device())
-    encoder.set_readout(readout.pooling, readout.grid)
-    tic = time.perf_counter()
-    pooled = pool_frames(encoder, frames_dir, len(store), cfg.batch_size, cfg.workers)
+    encoder, pooled, seconds = _pool(cfg, cfg.encoder, frames_dir, len(store), readout)
     fit_rows = torch.from_numpy(frames["split"].isin(readout.fit_splits).to_numpy())
     if readout.whiten and int(fit_rows.sum()) < 2:
         raise ValueError(f"readout.whiten: fewer than 2 frames in readout.fit_splits={list(readout.fit_splits)}")
     vectors = fit_and_project(encoder.readout, readout, pooled, fit_rows).numpy()
-    seconds = time.perf_counter() - tic
     _export_retrieval_model(Path(cfg.model), encoder)
     version = model_version(cfg.model, preprocess, read)
     info = {"inputs": inputs, "fingerprint": fingerprint, "images_per_s": _rate(len(frames), seconds)}
@@ -118,13 +123,9 @@ def embed_with_retrieval_model(
     refitted, so they land in the same space as the indexed vectors; writes the EmbeddingSet folder `cfg.out`."""
     store = FrameStore(frames_dir)
     frames, items = _frame_table(store, manifest, splits)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    encoder = load_encoder(cfg.model, _device())
-    tic = time.perf_counter()
-    pooled = pool_frames(encoder, frames_dir, len(store), cfg.batch_size, cfg.workers)
+    encoder, pooled, seconds = _pool(cfg, cfg.model, frames_dir, len(store))
     vectors = encoder.readout.project(pooled.to(encoder.pixel_mean.device)).cpu().numpy()
-    info = {"fingerprint": _fingerprint(frames, items), "images_per_s": _rate(len(frames), time.perf_counter() - tic)}
+    info = {"fingerprint": _fingerprint(frames, items), "images_per_s": _rate(len(frames), seconds)}
     version = model_version(cfg.model, preprocess, read)
     return EmbeddingSet.from_frames(version, vectors, frames, items).save(cfg.out, info)
 
