@@ -5,6 +5,7 @@ Thin glue: each task is one `m3ret.stages.refresh` call; what passes between tas
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,11 @@ def refresh_markdown(rebuild: dict[str, Any] | None, report: dict[str, Any] | No
             f"| {len(report['deleted'])} |",
         ]
         if report["quarantined"]:
-            lines += ["", "| quarantined file | reason |", "| --- | --- |"]
-            lines += [f"| `{path}` | {reason} |" for path, reason in report["quarantined"]]
+            # the reasons only: a file's path can name its patient, and this artifact leaves the machine
+            lines += ["", "| quarantine reason | files |", "| --- | --- |"]
+            reasons = Counter(reason.replace(path, "<file>") for path, reason in report["quarantined"])
+            lines += [f"| {reason} | {count} |" for reason, count in sorted(reasons.items())]
+            lines += ["", f"Which files: `{report['batch']}/report.json` in the refresh state folder."]
     return "\n".join(lines) + "\n"
 
 

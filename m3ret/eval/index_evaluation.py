@@ -205,7 +205,7 @@ def evaluate_vectors_in_index(
     """Vectors evaluated through a throw-away collection `<prefix>_<version>` in `index_cfg.uri`.
 
     table [N rows]: dataset, modality, group, `label_column`, split ("query" | "gallery"; other rows are ignored),
-    optionally item_id and path; vectors float32 [N,D] L2-normalised. The gallery rows are written at series level,
+    optionally item_id; vectors float32 [N,D] L2-normalised. The gallery rows are written at series level,
     the query rows search them (`evaluate_in_index`), and the collection is dropped afterwards.
     """
     table = table.reset_index(drop=True)
@@ -220,7 +220,6 @@ def evaluate_vectors_in_index(
             "split": table["split"].astype(str),
             "label": table[label_column].astype(str),
             "kind": "image",
-            "path": table["path"].astype(str) if "path" in table else "",
         }
     )
     facts[label_column] = table[label_column].astype(str)

@@ -53,17 +53,18 @@ def save_ledger(state_dir: Path, ledger: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def reconcile(ledger: pd.DataFrame, index: VectorIndex, collection: str, version: str) -> pd.DataFrame:
+def reconcile(
+    ledger: pd.DataFrame, index: VectorIndex, collection: str, version: str, manifest: pd.DataFrame
+) -> pd.DataFrame:
     """Align the ledger's indexed rows with `collection` when they may disagree: before the first refresh (the
     pipeline built the collection) and after a new model was published (its collection was built from the
     pipeline's embeddings, so items earlier refreshes added are missing from it). Indexed rows the collection does
-    not hold are dropped, so the coming refresh embeds them again; items it holds are recorded as indexed."""
+    not hold are dropped, so the coming refresh embeds them again; items it holds are recorded as indexed, with
+    their path from the sources' current `manifest` (the index holds no paths)."""
     indexed = ledger["status"] == "indexed"
     if len(ledger) and (ledger.loc[indexed, "model_version"] == version).all():
         return ledger
-    present = index.rows(collection, SearchFilter(level="series"), ("item_id", "source_path")).drop_duplicates(
-        "item_id"
-    )
+    present = index.rows(collection, SearchFilter(level="series"), ("item_id",)).drop_duplicates("item_id")
     keep = ledger[~indexed | ledger["item_id"].isin(present["item_id"])].copy()
     keep.loc[keep["status"] == "indexed", "model_version"] = version
     learnt = present[~present["item_id"].isin(keep["item_id"])]
@@ -71,7 +72,7 @@ def reconcile(ledger: pd.DataFrame, index: VectorIndex, collection: str, version
         {
             "item_id": learnt["item_id"],
             "content_hash": "",
-            "path": learnt["source_path"],
+            "path": learnt["item_id"].map(manifest.set_index("item_id")["path"]).fillna(""),
             "status": "indexed",
             "reason": "",
             "model_version": version,

@@ -35,7 +35,6 @@ def index_table(facts: pd.DataFrame, level: str, version: str) -> pd.DataFrame:
             "label": facts["label"].fillna("").astype(str).to_numpy(),
             "kind": facts["kind"].fillna("").to_numpy(),
             "plane": plane.fillna("").to_numpy(),
-            "source_path": facts["path"].fillna("").to_numpy(),
             "model_version": version,
             "frame_index": frame.to_numpy(np.int64),
         }

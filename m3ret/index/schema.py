@@ -27,7 +27,6 @@ TEXT_FIELDS: dict[str, int] = {
     "label": 256,
     "kind": 16,
     "plane": 16,
-    "source_path": 2048,
     "model_version": 64,
 }
 INT_FIELDS = ("frame_index",)

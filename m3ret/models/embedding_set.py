@@ -20,8 +20,9 @@ from m3ret.models.frame_vectors import item_vectors
 
 FRAME_VECTORS, ITEM_VECTORS = "frame_vectors.npy", "item_vectors.npy"
 FRAMES_META, ITEMS_META, EMBED_INFO = "frames.parquet", "items.parquet", "embed.json"
-# Item facts carried next to every vector (no PHI: ids are salted hashes, no header fields).
-ITEM_FACTS = ("item_id", "dataset", "modality", "kind", "label", "path", "series_hash", "split", "group")
+# Item facts carried next to every vector: ids are salted hashes, no header fields and no source paths (a folder
+# name can be a patient's), so the vectors, the index and every report built from them can be shared.
+ITEM_FACTS = ("item_id", "dataset", "modality", "kind", "label", "series_hash", "split", "group")
 
 
 @dataclass

@@ -136,8 +136,8 @@ def refresh(
                 f"{collection or 'no collection'}: build, gate and publish the new model first"
             )
         drop_unfinished_batches(state_dir)
-        ledger = reconcile(load_ledger(state_dir), index, collection, version)
         manifest, rejects = _scan(params, state_dir)
+        ledger = reconcile(load_ledger(state_dir), index, collection, version, manifest)
         report = RefreshReport(batch=batch, model_version=version)
         new = manifest[~manifest["item_id"].isin(ledger["item_id"])]
         report.skipped = len(manifest) - len(new)

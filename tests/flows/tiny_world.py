@@ -66,12 +66,13 @@ def tiny_params() -> dict:
     }
 
 
-def build_world(root: Path, encoder_file: Path, n_images: int = N_IMAGES) -> Path:
-    """In `root`: a source folder of `n_images` PNGs, params.yaml, and the pipeline's stages up to the embed stage
-    run by library calls (nothing in Milvus yet: see `publish`). Returns the params file."""
+def build_world(root: Path, encoder_file: Path, n_images: int = N_IMAGES, name: str = "img{i:03d}.png") -> Path:
+    """In `root`: a source folder of `n_images` PNGs (paths below it: `name` formatted with i), params.yaml, and the
+    pipeline's stages up to the embed stage run by library calls (nothing in Milvus yet: see `publish`). Returns the
+    params file."""
     with contextlib.chdir(root):
         for i in range(n_images):
-            write_png(Path("source") / f"img{i:03d}.png", seed=i)
+            write_png(Path("source") / name.format(i=i), seed=i)
         Path("params.yaml").write_text(yaml.safe_dump(tiny_params()))
         params = load_params("params.yaml")
         Path(params.embed.encoder).parent.mkdir(parents=True, exist_ok=True)
