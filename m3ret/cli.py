@@ -26,6 +26,13 @@ def cmd_demo_data(params: Params, args: argparse.Namespace) -> None:
     print(f"demo corpus in {params.demo_data.out}: {demo_data.run(params)}")
 
 
+def cmd_sources(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.stages import sources
+
+    summary = sources.run(params)
+    print(f"sources: {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB, digest {summary['digest'][:12]}")
+
+
 def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
     from m3ret.stages import ingest
 
@@ -160,6 +167,7 @@ def cmd_profile(params: Params, args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "demo-data": (cmd_demo_data, "build the demo corpus from files that ship with installed packages"),
+    "sources": (cmd_sources, "fingerprint every file under ingest.sources (dvc reruns ingest when it changes)"),
     "ingest": (cmd_ingest, "scan sources into data/manifest.parquet; quarantine bad files"),
     "preprocess": (cmd_preprocess, "decode items into sharded model-ready frames"),
     "split": (cmd_split, "group-disjoint pretrain/gallery/query splits"),
