@@ -1,11 +1,14 @@
 """DICOM series -> modality values (HU for CT) or display-ready uint8 frames, plus de-identified metadata.
 
-pydicom does the parsing and decoding (pylibjpeg plugins for JPEG, JPEG-LS, JPEG 2000, RLE). Headers are read
-first with `stop_before_pixels`, so grouping, PHI and size checks happen before any pixel data is decoded.
+pydicom does the parsing and decoding (pylibjpeg plugins for JPEG, JPEG-LS, JPEG 2000, RLE). Each file is parsed
+once, its pixel data deferred, so grouping, PHI and size checks happen before any pixel data is read or decoded.
+A series keeps its usable files when at least half of them are: a file that cannot be read or decoded, repeats
+another's SOPInstanceUID, or has another image shape is left out and reported (meta["dropped"]).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,84 +17,23 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from m3ret.config import LimitsConfig, ReadConfig
+from m3ret.data.dicom_geometry import functional, slice_gaps, slice_order, slice_spacing
+from m3ret.data.dicom_meta import series_meta
 from m3ret.data.dicom_pixels import colour_full_scale, colour_to_uint8, grey_to_uint8
 from m3ret.data.errors import InputError, InputTooLargeError, PHIRiskError, UnreadableInputError
 
-MODALITIES: dict[str, str] = {
-    "CT": "ct",
-    "MR": "mri",
-    "CR": "xray",
-    "DX": "xray",
-    "DR": "xray",
-    "RG": "xray",
-    "MG": "mammography",
-    "US": "ultrasound",
-    "NM": "nm",
-    "PT": "pet",
-    "XA": "angiography",
-    "RF": "angiography",
-    "ES": "endoscopy",
-    "SM": "pathology",
-    "OP": "fundus",
-    "OPT": "fundus",
-}
-# Multi-frame objects of these modalities are clips in time (cine), not stacks in space: never sorted by position.
-VIDEO_MODALITIES = frozenset({"US", "XA", "RF", "ES"})
-
-# Acquisition and pixel-format fields only. Never names, dates, ids, UIDs (beyond the two below), free text,
-# institutions or device serials: meta["header"] is stored and shown.
-HEADER_ALLOWLIST: tuple[str, ...] = (
-    "Modality",
-    "BodyPartExamined",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "SOPClassUID",
-    "TransferSyntaxUID",
-    "ImageType",
-    "PhotometricInterpretation",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "SamplesPerPixel",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "PixelSpacing",
-    "ImagerPixelSpacing",
-    "SliceThickness",
-    "SpacingBetweenSlices",
-    "ImageOrientationPatient",
-    "PatientPosition",
-    "ViewPosition",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "RescaleType",
-    "WindowCenter",
-    "WindowWidth",
-    "VOILUTFunction",
-    "KVP",
-    "XRayTubeCurrent",
-    "ExposureTime",
-    "Exposure",
-    "ConvolutionKernel",
-    "MagneticFieldStrength",
-    "RepetitionTime",
-    "EchoTime",
-    "InversionTime",
-    "FlipAngle",
-    "ScanningSequence",
-    "SequenceVariant",
-    "MRAcquisitionType",
-    "FrameTime",
-    "CineRate",
-    "LossyImageCompression",
-)
+# Elements larger than this (the pixel data) are read from the file only when used: one header parse per file.
+DEFER_BYTES = 4096
 
 
 class _Series(NamedTuple):
@@ -152,8 +94,10 @@ def read_dicom(paths: Sequence[Path], cfg: ReadConfig) -> tuple[np.ndarray, dict
 
 
 # ------------------------------------------------------------------------------------------------ headers
-def _read_header(path: Path) -> Dataset:
-    """Everything before the pixel data; UnreadableInputError when it is not DICOM or cut short."""
+def _read_header(path: Path, with_pixels: bool = False) -> Dataset:
+    """The dataset without its pixel data, or, `with_pixels`, with the pixel data deferred (read from the file when
+    first used, without parsing the header again); UnreadableInputError when it is not DICOM or cut short.
+    Datasets written without the 128-byte preamble and file meta header are read too (pydicom's `force`)."""
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -161,13 +105,33 @@ def _read_header(path: Path) -> Dataset:
     if size == 0:
         raise UnreadableInputError(path, "empty file (0 bytes)")
     try:
-        ds = dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as err:
-        raise UnreadableInputError(path, f"not a DICOM file: {err}") from err
+        ds = dcmread(path, defer_size=DEFER_BYTES) if with_pixels else dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        ds = _read_without_preamble(path, with_pixels)
     except Exception as err:  # pydicom raises many types on corrupt headers; all mean the same here
         raise UnreadableInputError(path, f"DICOM header cannot be parsed: {type(err).__name__}: {err}") from err
     if "SOPClassUID" not in ds and "Rows" not in ds:
         raise UnreadableInputError(path, "no SOP Class UID and no image attributes in the dataset (truncated or empty)")
+    return ds
+
+
+def _read_without_preamble(path: Path, with_pixels: bool) -> Dataset:
+    """A dataset saved without preamble and file meta (pydicom's `force`), accepted when it parses to image
+    attributes; its transfer syntax is then pydicom's guess from the encoding."""
+    try:
+        ds = (
+            dcmread(path, force=True, defer_size=DEFER_BYTES)
+            if with_pixels
+            else dcmread(path, force=True, stop_before_pixels=True)
+        )
+    except Exception as err:
+        raise UnreadableInputError(path, f"not a DICOM file: {type(err).__name__}: {err}") from err
+    if "SOPClassUID" not in ds and "Rows" not in ds:
+        raise UnreadableInputError(path, "not a DICOM file: no preamble, and no DICOM dataset without one")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = syntax
     return ds
 
 
@@ -189,72 +153,14 @@ def _check(path: Path, ds: Dataset, limits: LimitsConfig) -> int:
     return max(int(ds.get("NumberOfFrames") or 1), 1)
 
 
-def _functional(ds: Dataset, frame: int, keyword: str, sequence: str) -> Any:
-    """`keyword` for one frame: top level, else the per-frame then shared functional group item `sequence`."""
-    if keyword in ds:
-        return ds[keyword].value
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(groups)
-        if items and len(items) > index and items[index].get(sequence):
-            value = items[index][sequence][0].get(keyword)
-            if value is not None:
-                return value
-    return None
-
-
-# ----------------------------------------------------------------------------------------------- geometry
-def _order(headers: list[Dataset], frames: list[int]) -> tuple[list[tuple[int, int]], np.ndarray | None]:
-    """(file index, frame index) of every output frame in order, and the sorted slice positions when known."""
-    video = str(headers[0].get("Modality", "")) in VIDEO_MODALITIES
-    records: list[tuple[int, int, int]] = []
-    positions: list[np.ndarray | None] = []
-    normal = None
-    for f, (ds, n) in enumerate(zip(headers, frames, strict=True)):
-        instance = int(ds.get("InstanceNumber") or 0)
-        for k in range(n):
-            records.append((f, k, instance))
-            position = None if video else _functional(ds, k, "ImagePositionPatient", "PlanePositionSequence")
-            positions.append(None if position is None else np.asarray(position, dtype=np.float64))
-            cosines = _functional(ds, k, "ImageOrientationPatient", "PlaneOrientationSequence")
-            if normal is None and cosines is not None and len(cosines) == 6:
-                cosines = np.asarray(cosines, dtype=np.float64)
-                normal = np.cross(cosines[:3], cosines[3:])
-    if normal is not None and all(p is not None and p.shape == (3,) for p in positions):
-        projection = np.array([float(p @ normal) for p in positions])
-        # Ties (same position: echoes, time points) keep InstanceNumber, then file and frame order.
-        order = sorted(range(len(records)), key=lambda i: (projection[i], records[i][2], i))
-        return [records[i][:2] for i in order], projection[order]
-    order = sorted(range(len(records)), key=lambda i: (records[i][2], i))
-    return [records[i][:2] for i in order], None
-
-
-def _spacing(ref: Dataset, positions: np.ndarray | None) -> list[float] | None:
-    """[slice, row, column] spacing in mm; slice from the positions, else SpacingBetweenSlices/SliceThickness."""
-    in_plane = _functional(ref, 0, "PixelSpacing", "PixelMeasuresSequence") or ref.get("ImagerPixelSpacing")
-    if not in_plane or len(in_plane) != 2:
-        return None
-    slice_spacing = None
-    if positions is not None and positions.size > 1:
-        steps = np.abs(np.diff(positions))
-        steps = steps[steps > 1e-4]
-        slice_spacing = float(np.median(steps)) if steps.size else None
-    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-        if slice_spacing is None:
-            value = _functional(ref, 0, keyword, "PixelMeasuresSequence")
-            slice_spacing = float(value) if value else None
-    if slice_spacing is None:
-        return None
-    return [slice_spacing, float(in_plane[0]), float(in_plane[1])]
-
-
 # ----------------------------------------------------------------------------------------------- decoding
 def _decode(path: Path, ds: Dataset, n_frames: int) -> np.ndarray:
     """Pixel data of one file -> float32 [F,H,W] modality values or [F,H,W,3] RGB."""
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     try:
-        # From the path: pydicom reads only the pixel data it needs. A deflated dataset must be inflated first.
-        # YBR_FULL/YBR_FULL_422 come out as RGB; JPEG 2000 ICT/RCT are undone by the decoder.
-        arr = pixel_array(dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else path)
+        # The deferred pixel data is read now, without parsing the header again; a deflated dataset was inflated in
+        # memory, so it is read whole. YBR_FULL/YBR_FULL_422 come out as RGB; JPEG 2000 ICT/RCT are undone.
+        arr = pixel_array(dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else ds)
     except Exception as err:  # codec missing, truncated or corrupt stream: pydicom's message names the cause
         raise UnreadableInputError(path, f"pixel data cannot be decoded ({syntax.name or syntax}): {err}") from err
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -276,8 +182,8 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         return apply_modality_lut(arr, ds)
     slopes, intercepts = [], []
     for k in range(arr.shape[0]):
-        slopes.append(_functional(ds, k, "RescaleSlope", "PixelValueTransformationSequence"))
-        intercepts.append(_functional(ds, k, "RescaleIntercept", "PixelValueTransformationSequence"))
+        slopes.append(functional(ds, k, "RescaleSlope", "PixelValueTransformationSequence"))
+        intercepts.append(functional(ds, k, "RescaleIntercept", "PixelValueTransformationSequence"))
     if any(s is None for s in slopes) or any(i is None for i in intercepts):
         return arr
     slope = np.asarray(slopes, dtype=np.float32)[:, None, None]
@@ -296,30 +202,93 @@ def _load(paths: Sequence[Path], limits: LimitsConfig) -> _Series:
         raise UnreadableInputError(files[0], f"malformed DICOM header: {type(err).__name__}: {err}") from err
 
 
+class _Member(NamedTuple):
+    path: Path
+    ds: Dataset  # parsed once; its pixel data is read from the file only when decoded (deferred)
+    frames: int
+
+
+def _members(files: list[Path], limits: LimitsConfig, dropped: list[InputError]) -> list[_Member]:
+    """The series' usable files: each parsed once (pixel data deferred) and checked; a file that fails, repeats an
+    earlier file's SOPInstanceUID, or has another image shape than most members is left out and added to
+    `dropped`."""
+    members: list[_Member] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        try:
+            ds = _read_header(path, with_pixels=True)
+            n = _check(path, ds, limits)
+        except InputError as err:
+            dropped.append(err)
+            continue
+        sop = str(ds.get("SOPInstanceUID") or "")
+        if sop and sop in seen:
+            dropped.append(UnreadableInputError(path, f"duplicate instance: same SOPInstanceUID as {seen[sop].name}"))
+            continue
+        seen[sop] = path
+        members.append(_Member(path, ds, n))
+    shapes = Counter(_pixel_shape(m.ds) for m in members)
+    if len(shapes) > 1:
+        shape = max(shapes, key=lambda s: (shapes[s], s))
+        for m in members:
+            if _pixel_shape(m.ds) != shape:
+                reason = f"image shape {_pixel_shape(m.ds)} differs from the series' {shape}"
+                dropped.append(UnreadableInputError(m.path, reason))
+        members = [m for m in members if _pixel_shape(m.ds) == shape]
+    return members
+
+
+def _require_most(files: list[Path], kept: int, dropped: list[InputError]) -> None:
+    """A series is kept when at least half its files (and one) are usable; else it fails with the first file's
+    error (its type and reason, for the whole series)."""
+    if dropped and (kept == 0 or 2 * kept < len(files)):
+        first = dropped[0]
+        if len(files) == 1:
+            raise first
+        prefix = f"{kept} of {len(files)} files of the series usable; {Path(first.path).name}: "
+        raise type(first)(files[0], prefix + first.reason)
+
+
 def _assemble(files: list[Path], limits: LimitsConfig) -> _Series:
-    headers = [_read_header(p) for p in files]
-    frames = [_check(p, ds, limits) for p, ds in zip(files, headers, strict=True)]
-    shape = _pixel_shape(headers[0])
-    for p, ds in zip(files[1:], headers[1:], strict=True):
-        if _pixel_shape(ds) != shape:
-            raise UnreadableInputError(
-                p, f"image shape {_pixel_shape(ds)} differs from {shape} of {files[0].name} in the same series"
-            )
-    total = sum(frames)
-    rows, cols, channels = shape
+    """The usable members (`_members`) decoded into one array in slice order; members whose pixel data cannot be
+    decoded are left out too. meta["members"] lists the files used, meta["dropped"] the others with their reason,
+    meta["slice_gaps"] the slices missing between the kept positions (0 when none or unknown)."""
+    dropped: list[InputError] = []
+    members = _members(files, limits, dropped)
+    _require_most(files, len(members), dropped)
+    rows, cols, channels = _pixel_shape(members[0].ds)
+    total = sum(m.frames for m in members)
     if total > limits.max_frames:
         raise InputTooLargeError(files[0], f"series has {total} frames, limit {limits.max_frames}")
     if total * rows * cols > limits.max_voxels:
         raise InputTooLargeError(files[0], f"series has {total * rows * cols} voxels, limit {limits.max_voxels}")
 
-    order, positions = _order(headers, frames)
-    # Destination of each (file, frame): decoding then fills the output file by file.
+    order, positions = slice_order([m.ds for m in members], [m.frames for m in members])
+    # Destination of each (member, frame): decoding then fills the output member by member.
     destination = {source: t for t, source in enumerate(order)}
     values = np.empty((total, rows, cols) + ((3,) if channels == 3 else ()), dtype=np.float32)
-    for f, (path, ds, n) in enumerate(zip(files, headers, frames, strict=True)):
-        values[[destination[(f, k)] for k in range(n)]] = _decode(path, ds, n)
-    ref = headers[order[0][0]]
-    return _Series(values, _meta(ref, total, rows, cols, channels, _spacing(ref, positions)), ref)
+    decoded = np.ones(total, dtype=bool)
+    for f, m in enumerate(members):
+        rows_of_member = [destination[(f, k)] for k in range(m.frames)]
+        try:
+            values[rows_of_member] = _decode(m.path, m.ds, m.frames)
+        except InputError as err:
+            dropped.append(err)
+            decoded[rows_of_member] = False
+        if "PixelData" in m.ds:
+            del m.ds.PixelData  # the pixels are in `values` now; do not hold them twice
+    used = [m for f, m in enumerate(members) if decoded[destination[(f, 0)]]]
+    _require_most(files, len(used), dropped)
+    if not decoded.all():
+        values = values[decoded]
+        order = [source for source, ok in zip(order, decoded, strict=True) if ok]
+        positions = None if positions is None else positions[decoded]
+    ref = members[order[0][0]].ds
+    meta = series_meta(ref, len(values), rows, cols, channels, slice_spacing(ref, positions))
+    meta["members"] = [str(m.path) for m in used]
+    meta["dropped"] = sorted((err.path, err.reason) for err in dropped)
+    meta["slice_gaps"] = slice_gaps(positions)
+    return _Series(values, meta, ref)
 
 
 def _pixel_shape(ds: Dataset) -> tuple[int, int, int]:
@@ -328,45 +297,3 @@ def _pixel_shape(ds: Dataset) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------------------------------- meta
-def _meta(ref: Dataset, n: int, rows: int, cols: int, channels: int, spacing: list[float] | None) -> dict[str, Any]:
-    modality = str(ref.get("Modality") or "").upper()
-    kind = "image" if n == 1 else "video" if modality in VIDEO_MODALITIES else "volume"
-    return {
-        "kind": kind,
-        "modality": MODALITIES.get(modality, "other"),
-        "body_part": str(ref.get("BodyPartExamined") or "").lower(),
-        "spacing": spacing,
-        "n_frames": n,
-        "height": rows,
-        "width": cols,
-        "channels": channels,
-        "header": _header(ref),
-        "ids": {
-            "patient": str(ref.get("PatientID") or ""),
-            "study": str(ref.get("StudyInstanceUID") or ""),
-            "series": str(ref.get("SeriesInstanceUID") or ""),
-        },
-    }
-
-
-def _header(ds: Dataset) -> dict[str, Any]:
-    """HEADER_ALLOWLIST fields present in `ds` (TransferSyntaxUID from the file meta), as plain JSON types."""
-    out: dict[str, Any] = {}
-    for keyword in HEADER_ALLOWLIST:
-        source = ds.file_meta if keyword == "TransferSyntaxUID" else ds
-        value = _plain(source.get(keyword))
-        if value not in (None, "", []):
-            out[keyword] = value
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, MultiValue | list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):  # DSfloat is a float
-        return float(value)
-    if isinstance(value, int):  # IS is an int
-        return int(value)
-    if value is None or isinstance(value, bytes | Dataset):
-        return None
-    return str(value)

@@ -133,8 +133,8 @@ def _is_preambleless_dicom(path: Path, head: bytes) -> bool:
     """
     if len(head) < 8:
         return False
-    if struct.unpack("<H", head[:2])[0] not in _DICOM_FIRST_GROUPS:
-        return False
+    if not {struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]} & _DICOM_FIRST_GROUPS:
+        return False  # neither little- nor big-endian (ExplVR_BigEndNoMeta.dcm) opens with a dataset's group
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

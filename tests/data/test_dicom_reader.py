@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import MPEG4HP41, JPEG2000Lossless, RLELossless
 
 from m3ret.config import LimitsConfig, ReadConfig, WindowingConfig, replace
-from m3ret.data.dicom_reader import HEADER_ALLOWLIST, group_dicom_series, read_dicom, read_dicom_hu
+from m3ret.data.dicom_meta import HEADER_ALLOWLIST
+from m3ret.data.dicom_reader import group_dicom_series, read_dicom, read_dicom_hu
 from m3ret.data.errors import InputTooLargeError, PHIRiskError, UnreadableInputError
 from m3ret.data.intensity import window_to_uint8
+from m3ret.data.sniff import sniff_kind
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dicom_factory import make_dataset, save, write_ct_series, write_dicom  # noqa: E402
@@ -26,6 +28,7 @@ from dicom_factory import make_dataset, save, write_ct_series, write_dicom  # no
 CFG = ReadConfig()
 LIMITS = LimitsConfig()
 META_KEYS = {"kind", "modality", "body_part", "spacing", "n_frames", "height", "width", "channels", "header", "ids"}
+META_KEYS |= {"members", "dropped", "slice_gaps"}  # the series accounting: which files were used, which not
 
 
 def _ramp(h: int = 6, w: int = 8, dtype: type = np.uint16, scale: int = 10) -> np.ndarray:
@@ -218,9 +221,60 @@ def test_missing_pixel_data_and_inconsistent_shapes(tmp_path: Path) -> None:
         read_dicom([save(ds, tmp_path / "nopix.dcm")], CFG)
     a = write_dicom(tmp_path / "a.dcm", _ramp(4, 4), modality="CT", series_uid="1.2.3", instance=1)
     b = write_dicom(tmp_path / "b.dcm", _ramp(4, 5), modality="CT", series_uid="1.2.3", instance=2)
-    with pytest.raises(UnreadableInputError, match="differs") as err:
-        read_dicom([a, b], CFG)
-    assert err.value.path.endswith("b.dcm")
+    c = write_dicom(tmp_path / "c.dcm", _ramp(4, 4), modality="CT", series_uid="1.2.3", instance=3)
+    frames, meta = read_dicom([a, b, c], CFG)
+    assert frames.shape[:3] == (2, 4, 4) and meta["members"] == [str(a), str(c)]
+    assert [(Path(p).name, "differs" in r) for p, r in meta["dropped"]] == [("b.dcm", True)]
+
+
+# --------------------------------------------------------------------------------- series accounting
+def test_a_truncated_slice_is_dropped_and_the_rest_of_the_series_kept(tmp_path: Path) -> None:
+    hu = np.stack([np.full((8, 8), 10 * t, np.int16) for t in range(6)])
+    paths = write_ct_series(tmp_path, hu)
+    whole = paths[3].read_bytes()
+    paths[3].write_bytes(whole[: len(whole) - 60])  # the pixel data cut short: header fine, pixels not
+    hu_read, meta = read_dicom_hu(paths, LIMITS)
+    assert hu_read.shape == (5, 8, 8) and meta["n_frames"] == 5 and meta["slice_gaps"] == 1
+    np.testing.assert_array_equal(hu_read[:, 0, 0], [0, 10, 20, 40, 50])  # slice 3 is the gap
+    assert meta["members"] == sorted(str(p) for p in paths if p != paths[3])
+    assert [Path(p) for p, _ in meta["dropped"]] == [paths[3]] and "decoded" in meta["dropped"][0][1]
+
+
+def test_a_series_with_most_files_broken_fails_whole_with_the_first_reason(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path, np.zeros((4, 8, 8), np.int16))
+    for path in paths[:3]:
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(UnreadableInputError, match="1 of 4 files of the series usable"):
+        read_dicom(paths, CFG)
+
+
+def test_duplicate_instances_are_dropped_not_stacked(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path, np.stack([np.full((8, 8), t, np.int16) for t in range(3)]))
+    copy = tmp_path / "copy_of_first.dcm"
+    copy.write_bytes(paths[0].read_bytes())
+    frames, meta = read_dicom([*paths, copy], CFG)
+    assert len(frames) == 3 and meta["n_frames"] == 3 and len(meta["members"]) == 3
+    # the first file by path is kept (here the copy), the other one is reported
+    assert [(Path(p).name, "duplicate instance" in r) for p, r in meta["dropped"]] == [(paths[0].name, True)]
+
+
+def test_a_dataset_without_preamble_or_file_meta_is_read(tmp_path: Path) -> None:
+    ds = make_dataset(_ramp(), modality="MR")
+    ds.file_meta = FileMetaDataset()  # no file meta at all, as old archives and some scanners write them
+    bare = tmp_path / "bare.dcm"
+    ds.preamble = None
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    hu, meta = read_dicom_hu([bare], LIMITS)
+    np.testing.assert_array_equal(hu[0], _ramp())
+    assert meta["modality"] == "mri" and meta["dropped"] == []
+
+
+def test_pydicoms_big_endian_file_without_meta_is_parsed_and_judged_on_its_content() -> None:
+    path = _local_testdata("ExplVR_BigEndNoMeta.dcm")  # an RT Ion Plan: parsed, then refused for what it holds
+    assert sniff_kind(path) == "dicom"
+    with pytest.raises(UnreadableInputError, match="no image in this DICOM object .*RT Ion Plan"):
+        read_dicom([path], CFG)
 
 
 def test_too_large_refused_before_decoding(tmp_path: Path) -> None:
