@@ -209,11 +209,9 @@ class _Member(NamedTuple):
 
 
 def _members(files: list[Path], limits: LimitsConfig, dropped: list[InputError]) -> list[_Member]:
-    """The series' usable files: each parsed once (pixel data deferred) and checked; a file that fails, repeats an
-    earlier file's SOPInstanceUID, or has another image shape than most members is left out and added to
-    `dropped`."""
+    """The series' files that may be usable: each parsed once (pixel data deferred) and checked; a file that fails,
+    or has another image shape than most members, is left out and added to `dropped`."""
     members: list[_Member] = []
-    seen: dict[str, Path] = {}
     for path in files:
         try:
             ds = _read_header(path, with_pixels=True)
@@ -221,11 +219,6 @@ def _members(files: list[Path], limits: LimitsConfig, dropped: list[InputError])
         except InputError as err:
             dropped.append(err)
             continue
-        sop = str(ds.get("SOPInstanceUID") or "")
-        if sop and sop in seen:
-            dropped.append(UnreadableInputError(path, f"duplicate instance: same SOPInstanceUID as {seen[sop].name}"))
-            continue
-        seen[sop] = path
         members.append(_Member(path, ds, n))
     shapes = Counter(_pixel_shape(m.ds) for m in members)
     if len(shapes) > 1:
@@ -251,8 +244,10 @@ def _require_most(files: list[Path], kept: int, dropped: list[InputError]) -> No
 
 def _assemble(files: list[Path], limits: LimitsConfig) -> _Series:
     """The usable members (`_members`) decoded into one array in slice order; members whose pixel data cannot be
-    decoded are left out too. meta["members"] lists the files used, meta["dropped"] the others with their reason,
-    meta["slice_gaps"] the slices missing between the kept positions (0 when none or unknown)."""
+    decoded are left out too, and so is a second file of an instance already decoded (same SOPInstanceUID: a copy,
+    or a truncated copy beside its original, whichever sorts first). meta["members"] lists the files used,
+    meta["dropped"] the others with their reason, meta["slice_gaps"] the slices missing between the kept positions
+    (0 when none or unknown)."""
     dropped: list[InputError] = []
     members = _members(files, limits, dropped)
     _require_most(files, len(members), dropped)
@@ -268,10 +263,16 @@ def _assemble(files: list[Path], limits: LimitsConfig) -> _Series:
     destination = {source: t for t, source in enumerate(order)}
     values = np.empty((total, rows, cols) + ((3,) if channels == 3 else ()), dtype=np.float32)
     decoded = np.ones(total, dtype=bool)
+    instances: dict[str, Path] = {}
     for f, m in enumerate(members):
         rows_of_member = [destination[(f, k)] for k in range(m.frames)]
+        sop = str(m.ds.get("SOPInstanceUID") or "")
         try:
+            if sop in instances:
+                raise UnreadableInputError(m.path, f"duplicate instance: same SOPInstanceUID as {instances[sop].name}")
             values[rows_of_member] = _decode(m.path, m.ds, m.frames)
+            if sop:
+                instances[sop] = m.path
         except InputError as err:
             dropped.append(err)
             decoded[rows_of_member] = False

@@ -258,6 +258,16 @@ def test_duplicate_instances_are_dropped_not_stacked(tmp_path: Path) -> None:
     assert [(Path(p).name, "duplicate instance" in r) for p, r in meta["dropped"]] == [(paths[0].name, True)]
 
 
+def test_a_truncated_copy_beside_its_original_loses_nothing(tmp_path: Path) -> None:
+    original = write_dicom(tmp_path / "b_ct.dcm", _ramp(), modality="CT", series_uid="1.2.9", instance=1)
+    whole = original.read_bytes()
+    truncated = tmp_path / "a_ct_copy.dcm"  # sorts first, shares the SOPInstanceUID, cannot be decoded
+    truncated.write_bytes(whole[: len(whole) - 30])
+    frames, meta = read_dicom([original, truncated], CFG)
+    assert len(frames) == 1 and meta["members"] == [str(original)]
+    assert [p for p, _ in meta["dropped"]] == [str(truncated)]
+
+
 def test_a_dataset_without_preamble_or_file_meta_is_read(tmp_path: Path) -> None:
     ds = make_dataset(_ramp(), modality="MR")
     ds.file_meta = FileMetaDataset()  # no file meta at all, as old archives and some scanners write them
