@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3ret.config import PreprocessConfig, ReadConfig
+from m3ret.config import PreprocessConfig, ReadConfig, to_dict
 from m3ret.data.errors import InputError
 from m3ret.data.frame_store import FRAME_COLUMNS, ShardWriter, write_frames_table
 from m3ret.data.ingest import QUARANTINE_COLUMNS
@@ -25,6 +25,13 @@ from m3ret.data.resize import letterbox
 
 # a slice whose grey levels vary less than this (std, 0..255) is background: air around a body, padding slices
 BLANK_STD = 2.0
+# preprocess keys that change speed or location only, never the frames a model sees
+SPEED_ONLY = ("workers", "shard_frames", "out")
+
+
+def frame_settings(cfg: PreprocessConfig) -> dict[str, Any]:
+    """The preprocess settings that decide what the frames are (all but SPEED_ONLY), for cache keys and versions."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in SPEED_ONLY}
 
 
 def to_rgb(frames: np.ndarray, channels: str) -> np.ndarray:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from m3ret.config import EmbedConfig, Params, PreprocessConfig, ReadConfig, ReadoutConfig, to_dict
 from m3ret.data.frame_store import FrameStore
+from m3ret.data.preprocess import frame_settings
 from m3ret.index.schema import row_id
 from m3ret.models.encoder import Encoder, load_encoder
 from m3ret.models.readout import fit_and_project
@@ -39,8 +40,6 @@ FRAME_VECTORS, ITEM_VECTORS = "frame_vectors.npy", "item_vectors.npy"
 FRAMES_META, ITEMS_META, EMBED_INFO = "frames.parquet", "items.parquet", "embed.json"
 # Item facts carried next to every vector (no PHI: ids are salted hashes, no header fields).
 ITEM_FACTS = ("item_id", "dataset", "modality", "kind", "label", "path", "series_hash", "split", "group")
-# preprocess keys that change speed only, not the frames a model sees
-_SPEED_ONLY = ("workers", "shard_frames", "out")
 log = logging.getLogger(__name__)
 
 
@@ -53,8 +52,7 @@ def _file_digest(path: str | Path) -> hashlib._Hash:
 
 
 def _frames_settings(preprocess: PreprocessConfig, read: ReadConfig) -> bytes:
-    prep = {k: v for k, v in to_dict(preprocess).items() if k not in _SPEED_ONLY}
-    return json.dumps({"preprocess": prep, "read": to_dict(read)}, sort_keys=True).encode()
+    return json.dumps({"preprocess": frame_settings(preprocess), "read": to_dict(read)}, sort_keys=True).encode()
 
 
 def model_version(model_path: str | Path, preprocess: PreprocessConfig, read: ReadConfig) -> str:
