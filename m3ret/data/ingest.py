@@ -18,10 +18,9 @@ import pandas as pd
 
 from m3ret.config import IngestConfig, ReadConfig, to_dict
 from m3ret.data.errors import InputError
-from m3ret.data.medmnist_reader import iter_medmnist
 from m3ret.data.parallel import ItemCrash, parallel_map
 from m3ret.data.phi import anonymise, salted_hash
-from m3ret.data.readers import read_item
+from m3ret.data.readers import item_entries, read_item
 from m3ret.data.sources import ItemRef, Reject, enumerate_source
 
 MANIFEST_COLUMNS = (
@@ -98,13 +97,14 @@ def _facts(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode(ref: ItemRef, job: _Job) -> list[tuple[str, dict[str, Any]]]:
-    """(entry, facts) for every item behind `ref`; an npz file expands into its entries."""
-    if ref.reader == "npz":
-        return [
-            (entry, _facts(anonymise(meta, job.salt))) for entry, _frames, meta in iter_medmnist(Path(ref.paths[0]))
-        ]
-    _frames, meta = read_item(ref.reader, [Path(p) for p in ref.paths], "", job.read)
-    return [("", _facts(anonymise(meta, job.salt)))]
+    """(entry, facts) for every item behind `ref` (`item_entries`: one, or each entry of an npz). The first entry
+    that fails rejects the whole file: its entries come from the file's own headers, so the file is broken."""
+    paths = [Path(p) for p in ref.paths]
+    decoded = []
+    for entry in item_entries(ref.reader, paths[0]):
+        _frames, meta = read_item(ref.reader, paths, entry, job.read)
+        decoded.append((entry, _facts(anonymise(meta, job.salt))))
+    return decoded
 
 
 def _store_in_cache(cache_file: Path, decoded: list) -> None:

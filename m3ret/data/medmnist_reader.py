@@ -6,7 +6,8 @@ The MedMNIST retrieval protocol queries with the test split against a gallery of
 carries `role` "query" (test) or "gallery" (train, val).
 
 npz members are zip-compressed, so they cannot be memory-mapped: `iter_medmnist` decompresses each subset once,
-and `read_medmnist_entry` keeps the last three subsets it decompressed, so reading entry by entry stays cheap.
+and `read_medmnist_entry` keeps the file's layout and the last three subsets it decompressed (or why they could not
+be), so reading a file entry by entry in order decompresses each subset once and a broken file fails fast.
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ def read_medmnist_entry(path: Path, entry: str) -> tuple[np.ndarray, dict]:
     Raises UnreadableInputError for an entry the file does not hold.
     """
     path = Path(path)
-    counts = _layout(path)
+    key = _cache_key(path)
+    counts = _cached_layout(*key)
     subset, _, index = entry.partition(":")
     if subset not in counts or not index.isdigit() or int(index) >= counts[subset]:
         raise UnreadableInputError(path, f"no MedMNIST entry {entry!r}; subsets and sizes: {counts}")
-    images, labels = _cached_subset(*_cache_key(path), subset)
-    return _item(images, labels, subset, int(index))
+    arrays = _cached_subset(*key, subset)
+    if isinstance(arrays, str):
+        raise UnreadableInputError(path, arrays)
+    return _item(*arrays, subset, int(index))
 
 
 def _layout(path: Path) -> dict[str, int]:
@@ -114,10 +118,20 @@ def _load_subset(path: Path, subset: str) -> tuple[np.ndarray, np.ndarray]:
         raise UnreadableInputError(path, f"cannot decompress the {subset} arrays: {err}") from err
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_layout(path: str, mtime_ns: int, size: int) -> dict[str, int]:
+    """`_layout`, kept so that reading entry by entry opens the archive's headers once per file."""
+    return _layout(Path(path))
+
+
 @functools.lru_cache(maxsize=3)
-def _cached_subset(path: str, mtime_ns: int, size: int, subset: str) -> tuple[np.ndarray, np.ndarray]:
-    """`_load_subset`, kept for the next entries of the same file; read-only so cached arrays stay intact."""
-    images, labels = _load_subset(Path(path), subset)
+def _cached_subset(path: str, mtime_ns: int, size: int, subset: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """`_load_subset`, kept for the next entries of the same file (read-only so cached arrays stay intact), or the
+    reason it failed, kept too: the other entries of a broken subset fail without decompressing it again."""
+    try:
+        images, labels = _load_subset(Path(path), subset)
+    except UnreadableInputError as err:
+        return err.reason
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
