@@ -85,9 +85,9 @@ def cmd_pretrain(params: Params, args: argparse.Namespace) -> None:
     cfg = params.pretrain
     evaluate = None
     if cfg.eval_bench:
-        from m3ret.eval.benchmark_folder import benchmark_evaluator, load_benchmark_folder
+        from m3ret.eval.benchmark import benchmark_evaluator, load_benchmark
 
-        bench = load_benchmark_folder(Path(cfg.eval_bench), params.preprocess.size, cache_dir=Path(cfg.eval_cache))
+        bench = load_benchmark(Path(cfg.eval_bench), params.read, params.preprocess, Path(cfg.eval_cache))
         evaluate = benchmark_evaluator(bench, params.readout)
     metrics = pretrain(
         cfg, Path(params.preprocess.out), Path(params.split.out), evaluate, cfg.eval_every, max_steps=args.max_steps
@@ -196,7 +196,9 @@ def _evaluate_bench(params: Params, bench: Path, encoder) -> None:
 
     with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
         index_cfg = dataclasses.replace(params.index, uri=str(Path(scratch) / "bench.db"))
-        results = evaluate_benchmark(bench, encoder, params.evaluate, params.readout, index_cfg, params.preprocess.size)
+        results = evaluate_benchmark(
+            bench, encoder, params.evaluate, params.readout, index_cfg, params.read, params.preprocess
+        )
     out = Path(params.evaluate.out) / f"bench-{bench.stem}"
     write_evaluation_outputs(results, out)
     print(format_comparison(results))

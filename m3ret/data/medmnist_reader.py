@@ -35,6 +35,12 @@ def medmnist_entries(path: Path) -> list[str]:
     return [f"{subset}:{i}" for subset, n in _layout(Path(path)).items() for i in range(n)]
 
 
+def entry_subset(entry: str) -> str:
+    """The subset an entry name belongs to: `'val:12'` -> `'val'` ("" for an entry that is not a MedMNIST one)."""
+    subset, separator, _index = entry.partition(":")
+    return subset if separator else ""
+
+
 def iter_medmnist(path: Path) -> Iterator[tuple[str, np.ndarray, dict]]:
     """Yield `(entry, frames, meta)` for every image, subset by subset.
 
@@ -56,7 +62,7 @@ def read_medmnist_entry(path: Path, entry: str) -> tuple[np.ndarray, dict]:
     path = Path(path)
     key = _cache_key(path)
     counts = _cached_layout(*key)
-    subset, _, index = entry.partition(":")
+    subset, index = entry_subset(entry), entry.partition(":")[2]
     if subset not in counts or not index.isdigit() or int(index) >= counts[subset]:
         raise UnreadableInputError(path, f"no MedMNIST entry {entry!r}; subsets and sizes: {counts}")
     arrays = _cached_subset(*key, subset)

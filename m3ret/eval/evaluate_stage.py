@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m3ret.config import EvaluateConfig, IndexConfig, Params, ReadoutConfig
+from m3ret.config import EvaluateConfig, IndexConfig, Params, PreprocessConfig, ReadConfig, ReadoutConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
 from m3ret.eval.baselines import floor_vectors, random_init_like, raw_pixel_embeddings
@@ -131,7 +131,8 @@ def evaluate_stage(
     encoder: Encoder,
     cfg: EvaluateConfig,
     readout: ReadoutConfig,
-    size: int,
+    read: ReadConfig,
+    preprocess: PreprocessConfig,
 ) -> dict[str, Any]:
     """Measure `collection`, decide the gate, publish it when it passes; writes `cfg.out` (metrics.json,
     per_dataset.csv, retrieval_grid.png, gate.json, comparison.md). Returns the gate report."""
@@ -139,8 +140,9 @@ def evaluate_stage(
     bench: dict[str, IndexEvaluation] = {}
     if cfg.bench:
         with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
-            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, readout, _scratch_index(index, scratch), size)
-        grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, size)
+            scratch_index = _scratch_index(index, scratch)
+            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, readout, scratch_index, read, preprocess)
+        grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, read, preprocess)
     results = {f"splits {name}": value for name, value in splits.items()}
     results.update({f"bench {name}": value for name, value in bench.items()})
     if not results:
@@ -178,5 +180,6 @@ def evaluate_pipeline_outputs(
         encoder,
         params.evaluate,
         params.readout,
-        params.preprocess.size,
+        params.read,
+        params.preprocess,
     )
