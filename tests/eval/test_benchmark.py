@@ -17,6 +17,7 @@ from m3ret.eval import benchmark as benchmark_module
 from m3ret.eval.baselines import raw_pixel_embeddings
 from m3ret.eval.benchmark import (
     ITEM_COLUMNS,
+    benchmark_evaluator,
     benchmark_model_vectors,
     benchmark_vectors,
     evaluate_encoder,
@@ -214,6 +215,10 @@ def test_model_vectors_and_evaluate_encoder_on_tiny_folder(tmp_path):
     np.testing.assert_allclose(vectors["raw pixels"], item_means(bench, raw_pixel_frames(bench)), atol=1e-6)
     assert evaluate_vectors(vectors["raw pixels"], bench).mean["P@1"] == 1.0
     assert list(benchmark_model_vectors(encoder, bench, ReadoutConfig(), baselines=False)) == ["encoder"]
+    # the pretraining loop's callback measures the same vector
+    flat = benchmark_evaluator(bench, ReadoutConfig())(encoder)
+    expected = evaluate_vectors(vectors["encoder"], bench)
+    assert flat["mAP@10"] == pytest.approx(expected.mean["mAP@10"]) and "d2/P@1" in flat
 
     half = bench.subset(np.flatnonzero(bench.items["dataset"] == "d2"))
     assert len(half.items) == 6 and len(half.frame_ids) == 6 and set(half.frame_item) == set(range(6))
