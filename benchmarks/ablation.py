@@ -18,12 +18,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from m3ret.config import PretrainConfig, from_dict, load_params, replace, to_dict
-from m3ret.eval.benchmark_folder import evaluate_vectors, gallery_rows, load_benchmark_folder
+from m3ret.eval.benchmark import evaluate_vectors, gallery_rows, item_means, load_benchmark
 from m3ret.models.encoder import Encoder
 from m3ret.models.readout import Readout, fit_and_project
 from m3ret.train.pretrain_loop import pretrain
@@ -63,7 +62,7 @@ def main() -> None:
     section.update(out=str(args.work / args.name / "model"), metrics_dir=str(args.work / args.name / "metrics"))
     section.update(eval_bench="", eval_every=0, eval_every_epochs=1.0)
     cfg = from_dict(PretrainConfig, section, "pretrain")
-    bench = load_benchmark_folder(args.bench, params.preprocess.size, cache_dir=Path(params.pretrain.eval_cache))
+    bench = load_benchmark(args.bench, params.read, params.preprocess, Path(params.pretrain.eval_cache))
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"{args.name}.jsonl"
     log.write_text(json.dumps({"name": args.name, "set": args.set, "threads": args.threads}) + "\n")
@@ -73,14 +72,14 @@ def main() -> None:
     def evaluate(encoder: Encoder) -> dict[str, float]:
         # called before the first step and after every epoch (eval_every_epochs=1; the last one at the end)
         row: dict = {"epoch": next(epochs_done), "minutes": round((time.perf_counter() - start) / 60, 2)}
-        tokens = torch.cat([t.float().cpu() for t in encoder.token_batches(np.array(bench.images))])  # once for all
+        tokens = torch.cat([t.float().cpu() for t in encoder.token_batches(bench.frames())])  # once for all frames
         has_cls = bool(encoder.vit.has_class_token)
         for pooling in (p for p in READOUTS if has_cls or "cls" not in p):
             readout = Readout(pooling, params.readout.grid, encoder.embed_dim, encoder.num_prefix_tokens, has_cls)
             pooled = torch.cat([readout.pool(chunk) for chunk in tokens.split(1024)])
             for whiten in (False, True):
                 cfg = replace(params.readout, pooling=pooling, whiten=whiten)
-                vectors = fit_and_project(readout, cfg, pooled, gallery_rows(bench)).numpy()
+                vectors = item_means(bench, fit_and_project(readout, cfg, pooled, gallery_rows(bench)).numpy())
                 result = evaluate_vectors(vectors, bench)
                 name = pooling + (" whitened" if whiten else "")
                 row[name] = {"mean": result.mean["mAP@10"], **{d: m["mAP@10"] for d, m in result.per_dataset.items()}}

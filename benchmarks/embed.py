@@ -23,8 +23,8 @@ overlap of top-10 retrieval (the first 100 frames as queries against all frames)
 (a trained `encoder.pt`) and `--bench` (a labeled folder such as ../shared/data/medbench), the medbench mAP@10 of
 fp32 against the fastest of int8 / bf16. ONNX Runtime is not installed here (no network), so it is not measured.
 
-Frames are real medbench images (evenly spaced over the folder, letterboxed to 64 px, upsampled for 224) when
-`--bench` is given, random uint8 noise otherwise; speed does not depend on content, agreement does.
+Frames are real medbench frames (evenly spaced, preprocessed at the model's 64 px by `load_benchmark`, upsampled for
+224) when `--bench` is given, random uint8 noise otherwise; speed does not depend on content, agreement does.
 
     /root/.cache/m3ret-bootstrap/bin/python benchmarks/embed.py [--quick] [--sizes 64 224] [--frames 512 64] \
         [--repeats 2] [--compile 64] [--encoder /work/exp/models/simdino/encoder.pt] \
@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from m3ret.config import EmbedConfig, ModelConfig, PreprocessConfig, load_params, replace
 from m3ret.data.frame_store import ShardWriter, write_frames_table
-from m3ret.eval.benchmark_folder import BenchmarkFolder, evaluate_encoder, load_benchmark_folder
+from m3ret.eval.benchmark import Benchmark, evaluate_encoder, load_benchmark
 from m3ret.eval.retrieval_metrics import rank_gallery
 from m3ret.models.encoder import Encoder, build_encoder, load_encoder
 from m3ret.models.frame_vectors import pool_frames
@@ -83,12 +83,12 @@ class Row:
 
 
 # ------------------------------------------------------------------------------------------------- frames
-def make_frames(n: int, size: int, source: BenchmarkFolder | None) -> np.ndarray:
-    """uint8 [n, size, size, 3]: evenly spaced benchmark images (resized from their size when it differs), or noise."""
+def make_frames(n: int, size: int, source: Benchmark | None) -> np.ndarray:
+    """uint8 [n, size, size, 3]: evenly spaced benchmark frames (resized from their size when it differs), or noise."""
     if source is None:
         return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    picks = np.linspace(0, len(source.images) - 1, n).round().astype(np.int64)
-    frames = np.array(source.images[picks])
+    picks = np.linspace(0, len(source.frame_ids) - 1, n).round().astype(np.int64)
+    frames = source.store.get(source.frame_ids[picks])
     if frames.shape[1] == size:
         return frames
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
@@ -204,9 +204,7 @@ class SizeResult:
     medbench: dict[str, float]
 
 
-def bench_size(
-    cfg: ModelConfig, frames: np.ndarray, args: argparse.Namespace, bench: BenchmarkFolder | None
-) -> SizeResult:
+def bench_size(cfg: ModelConfig, frames: np.ndarray, args: argparse.Namespace, bench: Benchmark | None) -> SizeResult:
     default_threads = torch.get_num_threads()
     size, n = cfg.img_size, len(frames)
     model_name = cfg.name.removesuffix("_patch16_224") + f"/p{cfg.patch_size}"
@@ -297,12 +295,11 @@ def bench_size(
 
 
 def medbench_map(
-    encoder: Encoder, q8: Encoder | None, best: str, bench: BenchmarkFolder, max_images: int
+    encoder: Encoder, q8: Encoder | None, best: str, bench: Benchmark, max_images: int
 ) -> dict[str, float]:
-    """mAP@10 (medbench protocol) of the fp32 encoder and of `best` on the same (optionally sub-sampled) folder."""
-    if 0 < max_images < len(bench.images):
-        keep = np.sort(np.random.default_rng(0).choice(len(bench.images), max_images, replace=False))
-        bench = BenchmarkFolder(bench.root, bench.table.iloc[keep].reset_index(drop=True), bench.images[keep])
+    """mAP@10 (medbench protocol) of the fp32 encoder and of `best` on the same (optionally sub-sampled) benchmark."""
+    if 0 < max_images < len(bench.items):
+        bench = bench.subset(np.sort(np.random.default_rng(0).choice(len(bench.items), max_images, replace=False)))
 
     def fp32(batch: np.ndarray) -> np.ndarray:
         return encoder.embed(batch).numpy()
@@ -317,7 +314,7 @@ def medbench_map(
     for name, fn in (("fp32", fp32), (best, alternative)):
         result = evaluate_encoder(fn, bench)
         out[name] = result.mean["mAP@10"]
-        print(f"  medbench ({len(bench.images)} images) {name}: mAP@10 {out[name]:.4f}", flush=True)
+        print(f"  medbench ({len(bench.items)} images) {name}: mAP@10 {out[name]:.4f}", flush=True)
     return out
 
 
@@ -374,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--encoder", type=Path, help="a trained encoder.pt; used for the size it was trained at")
     parser.add_argument("--bench", type=Path, help="labeled folder (medbench): real frames, and mAP@10 with --encoder")
-    parser.add_argument("--cache", type=Path, default=ROOT / "data/cache/bench", help="decoded benchmark cache")
+    parser.add_argument("--cache", type=Path, default=ROOT / "data/cache/bench", help="preprocessed benchmark cache")
     parser.add_argument("--bench-images", type=int, default=2000, help="medbench images for mAP@10 (0: skip, -1: all)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="source of pretrain.model")
     args = parser.parse_args(argv)
@@ -384,13 +381,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(frames_per) != len(args.sizes):
         parser.error(f"--frames needs one count per size ({len(args.sizes)}), got {len(frames_per)}")
     args.repeats = args.repeats or (1 if args.quick else 2)
-    base = load_params(args.params).pretrain.model
+    params = load_params(args.params)
+    base = params.pretrain.model
 
     print(machine_line())
     print("ONNX Runtime: not installed here (no network), not measured")
     started = time.perf_counter()
     matmul_start = matmul_flops(CPU, torch.float32, 1024)
-    source = None if args.bench is None else load_benchmark_folder(args.bench, base.img_size, cache_dir=args.cache)
+    prep = replace(params.preprocess, size=base.img_size)
+    source = None if args.bench is None else load_benchmark(args.bench, params.read, prep, args.cache)
     results: dict[int, SizeResult] = {}
     for size, n in zip(args.sizes, frames_per, strict=True):
         cfg = model_for(size, base)

@@ -2,8 +2,8 @@
 
 pydicom does the parsing and decoding (pylibjpeg plugins for JPEG, JPEG-LS, JPEG 2000, RLE). Each file is parsed
 once, its pixel data deferred, so grouping, PHI and size checks happen before any pixel data is read or decoded.
-A series keeps its usable files when at least half of them are: a file that cannot be read or decoded, repeats
-another's SOPInstanceUID, or has another image shape is left out and reported (meta["dropped"]).
+A series keeps its usable files when they are at least as many as its broken ones: a file that cannot be read or
+decoded, repeats another's SOPInstanceUID, or has another image shape is left out and reported (meta["dropped"]).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from m3ret.config import LimitsConfig, ReadConfig
 from m3ret.data.dicom_geometry import functional, slice_gaps, slice_order, slice_spacing
 from m3ret.data.dicom_meta import series_meta
 from m3ret.data.dicom_pixels import colour_full_scale, colour_to_uint8, grey_to_uint8
-from m3ret.data.errors import InputError, InputTooLargeError, PHIRiskError, UnreadableInputError
+from m3ret.data.errors import DuplicateInputError, InputError, InputTooLargeError, PHIRiskError, UnreadableInputError
 
 # Elements larger than this (the pixel data) are read from the file only when used: one header parse per file.
 DEFER_BYTES = 4096
@@ -232,10 +232,11 @@ def _members(files: list[Path], limits: LimitsConfig, dropped: list[InputError])
 
 
 def _require_most(files: list[Path], kept: int, dropped: list[InputError]) -> None:
-    """A series is kept when at least half its files (and one) are usable; else it fails with the first file's
-    error (its type and reason, for the whole series)."""
-    if dropped and (kept == 0 or 2 * kept < len(files)):
-        first = dropped[0]
+    """A series is kept when it has a usable file and at least as many usable files as broken ones (copies of an
+    instance count as neither); else it fails with the first broken file's error, for the whole series."""
+    broken = [err for err in dropped if not isinstance(err, DuplicateInputError)]
+    if kept == 0 or kept < len(broken):
+        first = (broken or dropped)[0]
         if len(files) == 1:
             raise first
         prefix = f"{kept} of {len(files)} files of the series usable; {Path(first.path).name}: "
@@ -269,7 +270,7 @@ def _assemble(files: list[Path], limits: LimitsConfig) -> _Series:
         sop = str(m.ds.get("SOPInstanceUID") or "")
         try:
             if sop in instances:
-                raise UnreadableInputError(m.path, f"duplicate instance: same SOPInstanceUID as {instances[sop].name}")
+                raise DuplicateInputError(m.path, f"duplicate instance: same SOPInstanceUID as {instances[sop].name}")
             values[rows_of_member] = _decode(m.path, m.ds, m.frames)
             if sop:
                 instances[sop] = m.path

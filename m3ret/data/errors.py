@@ -22,6 +22,10 @@ class UnreadableInputError(InputError):
     """The file claims a known kind but cannot be decoded: corrupt, truncated, empty, or a codec is missing."""
 
 
+class DuplicateInputError(InputError):
+    """The same instance again (a copy inside one series): left out, not broken."""
+
+
 class InputTooLargeError(InputError):
     """The header declares dimensions beyond the configured limits; nothing was decoded."""
 

@@ -18,11 +18,10 @@ import pandas as pd
 
 from m3ret.config import IngestConfig, ReadConfig, to_dict
 from m3ret.data.errors import InputError
-from m3ret.data.medmnist_reader import iter_medmnist
 from m3ret.data.parallel import ItemCrash, parallel_map
 from m3ret.data.phi import anonymise, salted_hash
-from m3ret.data.readers import read_item
-from m3ret.data.sources import ItemRef, Reject, enumerate_source
+from m3ret.data.readers import item_entries, read_item
+from m3ret.data.sources import ItemRef, enumerate_source
 
 MANIFEST_COLUMNS = (
     "item_id",
@@ -46,12 +45,16 @@ MANIFEST_COLUMNS = (
     "width",
     "channels",
     "spacing",
+    "slice_gaps",
     "header",
 )
-QUARANTINE_COLUMNS = ("path", "reason", "stage")
+# `item_id`: the item a file belonged to (a series that keeps its other files, or one that failed whole), else ""
+QUARANTINE_COLUMNS = ("path", "reason", "stage", "item_id")
+# a quarantined file: (path, reason, item id or "")
+Rejected = tuple[str, str, str]
 log = logging.getLogger(__name__)
 # bump when the cached facts change shape, so old cache entries are not reused
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def file_digest(path: Path) -> str:
@@ -93,18 +96,25 @@ def _facts(meta: dict[str, Any]) -> dict[str, Any]:
         "width": int(meta["width"]),
         "channels": int(meta["channels"]),
         "spacing": json.dumps(meta.get("spacing")),
+        "slice_gaps": int(meta.get("slice_gaps", 0)),  # slices missing between a series' kept positions
         "header": json.dumps(meta.get("header", {}), sort_keys=True, default=str),
     }
 
 
-def _decode(ref: ItemRef, job: _Job) -> list[tuple[str, dict[str, Any]]]:
-    """(entry, facts) for every item behind `ref`; an npz file expands into its entries."""
-    if ref.reader == "npz":
-        return [
-            (entry, _facts(anonymise(meta, job.salt))) for entry, _frames, meta in iter_medmnist(Path(ref.paths[0]))
-        ]
-    _frames, meta = read_item(ref.reader, [Path(p) for p in ref.paths], "", job.read)
-    return [("", _facts(anonymise(meta, job.salt)))]
+def _decode(ref: ItemRef, job: _Job) -> list[tuple[str, dict[str, Any], list[int], list[tuple[int, str]]]]:
+    """(entry, facts, members, dropped) for every item behind `ref` (`item_entries`: one, or each entry of an npz):
+    `members` the positions in `ref.paths` of the files the item is made of, `dropped` (position, reason) of those
+    a DICOM series left out (positions, not paths, so a cache entry holds for the same content found elsewhere).
+    The first entry that fails rejects the whole file: its entries come from the file's own headers."""
+    paths = [Path(p) for p in ref.paths]
+    position = {str(p): i for i, p in enumerate(paths)}
+    decoded = []
+    for entry in item_entries(ref.reader, paths[0]):
+        _frames, meta = read_item(ref.reader, paths, entry, job.read)
+        members = [position[p] for p in meta.pop("members", [str(p) for p in paths])]
+        dropped = [(position[p], reason) for p, reason in meta.pop("dropped", [])]
+        decoded.append((entry, _facts(anonymise(meta, job.salt)), members, dropped))
+    return decoded
 
 
 def _store_in_cache(cache_file: Path, decoded: list) -> None:
@@ -119,13 +129,16 @@ def _store_in_cache(cache_file: Path, decoded: list) -> None:
         log.warning("cannot cache %s: %s", cache_file, err)
 
 
-def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Reject]]:
-    """Rows for one ItemRef, from the cache when its content was seen before; never raises on bad input."""
+def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """Rows for one ItemRef, from the cache when its content was seen before; never raises on bad input. Every file
+    of the ref ends in a row's `paths` or in the rejects: a series that fails whole rejects all its files with its
+    reason and item id, one that keeps most of its files rejects the others with theirs."""
     ref = job.ref
     try:
         digest = content_hash(ref.paths)
     except OSError as err:
-        return [], [(ref.paths[0], f"cannot read file: {err}")]
+        return [], [(p, f"cannot read file: {err}", "") for p in ref.paths]
+    series_id = digest[:16] if len(ref.paths) > 1 else ""
     cache_file = Path(job.cache_dir) / f"{digest}-{job.cache_key}.json"
     try:
         decoded = json.loads(cache_file.read_text()) if cache_file.exists() else None
@@ -135,20 +148,20 @@ def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Reject]]:
         try:
             decoded = _decode(ref, job)
         except InputError as err:
-            return [], [(err.path, err.reason)]
+            return [], [(p, err.reason, series_id) for p in ref.paths]
         except Exception as err:  # a decoder bug must not end the run: the item is quarantined with the error
-            return [], [(ref.paths[0], f"unexpected {type(err).__name__}: {err}")]
+            return [], [(p, f"unexpected {type(err).__name__}: {err}", series_id) for p in ref.paths]
         _store_in_cache(cache_file, decoded)
-    rows = []
-    for entry, facts in decoded:
+    rows, rejects = [], []
+    for entry, facts, members, dropped in decoded:
         item_hash = digest if not entry else hashlib.sha256(f"{digest}:{entry}".encode()).hexdigest()
         row = {
             "item_id": item_hash[:16],
             "content_hash": item_hash,
             "dataset": ref.dataset,
             "reader": ref.reader,
-            "path": ref.paths[0],
-            "paths": json.dumps(list(ref.paths)),
+            "path": ref.paths[members[0]],
+            "paths": json.dumps([ref.paths[i] for i in members]),
             "entry": entry,
             **facts,
             "group_hash": salted_hash(ref.group, job.salt),
@@ -157,18 +170,19 @@ def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Reject]]:
         row["label"] = ref.label or row["label"]
         row["role"] = ref.role or row["role"]
         rows.append(row)
-    return rows, []
+        rejects += [(ref.paths[i], reason, row["item_id"]) for i, reason in dropped]
+    return rows, rejects
 
 
 def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan cfg.sources, decode-check every item (parallel, cached by content), write the manifest parquet and the
     quarantine CSV. Returns (manifest, quarantine). The same content found twice is one item; the copy is reported."""
     refs: list[ItemRef] = []
-    rejects: list[Reject] = []
+    rejects: list[Rejected] = []
     for source in cfg.sources:
         source_refs, source_rejects = enumerate_source(source)
         refs += source_refs
-        rejects += source_rejects
+        rejects += [(path, reason, "") for path, reason in source_rejects]
     cache_key = hashlib.sha256(
         json.dumps([_CACHE_VERSION, to_dict(read_cfg), salted_hash("cache", salt)], sort_keys=True).encode()
     ).hexdigest()[:12]
@@ -176,7 +190,7 @@ def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.Dat
     rows: list[dict[str, Any]] = []
     for job, result in zip(jobs, parallel_map(_ingest_one, jobs, cfg.workers, desc="ingest"), strict=True):
         if isinstance(result, ItemCrash):
-            rejects.append((job.ref.paths[0], result.reason))
+            rejects += [(p, result.reason, "") for p in job.ref.paths]
             continue
         rows += result[0]
         rejects += result[1]
@@ -184,9 +198,10 @@ def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.Dat
     first = manifest.drop_duplicates("item_id", keep="first")
     for dup in manifest[manifest.duplicated("item_id", keep="first")].itertuples():
         original = first.loc[first.item_id == dup.item_id, "path"].iloc[0]
-        rejects.append((dup.path, f"duplicate content of {original}{' ' + dup.entry if dup.entry else ''}"))
+        reason = f"duplicate content of {original}{' ' + dup.entry if dup.entry else ''}"
+        rejects += [(p, reason, dup.item_id) for p in json.loads(dup.paths)]
     manifest = first.sort_values(["dataset", "path", "entry"], kind="stable").reset_index(drop=True)
-    quarantine = pd.DataFrame([(p, r, "ingest") for p, r in rejects], columns=list(QUARANTINE_COLUMNS))
+    quarantine = pd.DataFrame([(p, r, "ingest", i) for p, r, i in rejects], columns=list(QUARANTINE_COLUMNS))
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(cfg.out, index=False)
     Path(cfg.quarantine).parent.mkdir(parents=True, exist_ok=True)

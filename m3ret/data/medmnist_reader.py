@@ -6,7 +6,8 @@ The MedMNIST retrieval protocol queries with the test split against a gallery of
 carries `role` "query" (test) or "gallery" (train, val).
 
 npz members are zip-compressed, so they cannot be memory-mapped: `iter_medmnist` decompresses each subset once,
-and `read_medmnist_entry` keeps the last three subsets it decompressed, so reading entry by entry stays cheap.
+and `read_medmnist_entry` keeps the file's layout and the last three subsets it decompressed (or why they could not
+be), so reading a file entry by entry in order decompresses each subset once and a broken file fails fast.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def medmnist_entries(path: Path) -> list[str]:
     return [f"{subset}:{i}" for subset, n in _layout(Path(path)).items() for i in range(n)]
 
 
+def entry_subset(entry: str) -> str:
+    """The subset an entry name belongs to: `'val:12'` -> `'val'` ("" for an entry that is not a MedMNIST one)."""
+    subset, separator, _index = entry.partition(":")
+    return subset if separator else ""
+
+
 def iter_medmnist(path: Path) -> Iterator[tuple[str, np.ndarray, dict]]:
     """Yield `(entry, frames, meta)` for every image, subset by subset.
 
@@ -53,12 +60,15 @@ def read_medmnist_entry(path: Path, entry: str) -> tuple[np.ndarray, dict]:
     Raises UnreadableInputError for an entry the file does not hold.
     """
     path = Path(path)
-    counts = _layout(path)
-    subset, _, index = entry.partition(":")
+    key = _cache_key(path)
+    counts = _cached_layout(*key)
+    subset, index = entry_subset(entry), entry.partition(":")[2]
     if subset not in counts or not index.isdigit() or int(index) >= counts[subset]:
         raise UnreadableInputError(path, f"no MedMNIST entry {entry!r}; subsets and sizes: {counts}")
-    images, labels = _cached_subset(*_cache_key(path), subset)
-    return _item(images, labels, subset, int(index))
+    arrays = _cached_subset(*key, subset)
+    if isinstance(arrays, str):
+        raise UnreadableInputError(path, arrays)
+    return _item(*arrays, subset, int(index))
 
 
 def _layout(path: Path) -> dict[str, int]:
@@ -114,10 +124,20 @@ def _load_subset(path: Path, subset: str) -> tuple[np.ndarray, np.ndarray]:
         raise UnreadableInputError(path, f"cannot decompress the {subset} arrays: {err}") from err
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_layout(path: str, mtime_ns: int, size: int) -> dict[str, int]:
+    """`_layout`, kept so that reading entry by entry opens the archive's headers once per file."""
+    return _layout(Path(path))
+
+
 @functools.lru_cache(maxsize=3)
-def _cached_subset(path: str, mtime_ns: int, size: int, subset: str) -> tuple[np.ndarray, np.ndarray]:
-    """`_load_subset`, kept for the next entries of the same file; read-only so cached arrays stay intact."""
-    images, labels = _load_subset(Path(path), subset)
+def _cached_subset(path: str, mtime_ns: int, size: int, subset: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """`_load_subset`, kept for the next entries of the same file (read-only so cached arrays stay intact), or the
+    reason it failed, kept too: the other entries of a broken subset fail without decompressing it again."""
+    try:
+        images, labels = _load_subset(Path(path), subset)
+    except UnreadableInputError as err:
+        return err.reason
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels

@@ -14,17 +14,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3ret.config import PreprocessConfig, ReadConfig
+from m3ret.config import PreprocessConfig, ReadConfig, to_dict
 from m3ret.data.errors import InputError
 from m3ret.data.frame_store import FRAME_COLUMNS, ShardWriter, write_frames_table
 from m3ret.data.ingest import QUARANTINE_COLUMNS
-from m3ret.data.medmnist_reader import iter_medmnist
 from m3ret.data.parallel import ItemCrash, parallel_map
 from m3ret.data.readers import read_item
 from m3ret.data.resize import letterbox
 
 # a slice whose grey levels vary less than this (std, 0..255) is background: air around a body, padding slices
 BLANK_STD = 2.0
+# preprocess keys that change speed or location only, never the frames a model sees
+SPEED_ONLY = ("workers", "shard_frames", "out")
+
+
+def frame_settings(cfg: PreprocessConfig) -> dict[str, Any]:
+    """The preprocess settings that decide what the frames are (all but SPEED_ONLY), for cache keys and versions."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in SPEED_ONLY}
 
 
 def to_rgb(frames: np.ndarray, channels: str) -> np.ndarray:
@@ -87,39 +93,42 @@ def item_frames(frames: np.ndarray, meta: dict[str, Any], cfg: PreprocessConfig)
 
 @dataclass(frozen=True)
 class _Job:
+    """The items of one file (or DICOM series): one, or every requested entry of an npz, read in this order."""
+
     reader: str
     paths: tuple[str, ...]
-    item_ids: tuple[str, ...]  # one, or every requested entry of an npz file
+    item_ids: tuple[str, ...]
     entries: tuple[str, ...]
     cfg: PreprocessConfig
     read: ReadConfig
 
 
-def _preprocess_one(job: _Job) -> list[tuple[str, np.ndarray | None, list[dict] | str]]:
-    """[(item_id, frames, records)] or [(item_id, None, reason)] per item of the job; never raises on bad input."""
-    try:
-        if job.reader == "npz":
-            wanted = dict(zip(job.entries, job.item_ids, strict=True))
-            results = []
-            for entry, frames, meta in iter_medmnist(Path(job.paths[0])):
-                if entry in wanted:
-                    results.append((wanted.pop(entry), *item_frames(frames, meta, job.cfg)))
-            return results + [(item_id, None, "entry no longer in the npz file") for item_id in wanted.values()]
-        frames, meta = read_item(job.reader, [Path(p) for p in job.paths], "", job.read)
-        return [(job.item_ids[0], *item_frames(frames, meta, job.cfg))]
-    except InputError as err:
-        return [(item_id, None, err.reason) for item_id in job.item_ids]
-    except Exception as err:  # a decoder bug must not end the run: the item is quarantined with the error
-        return [(item_id, None, f"unexpected {type(err).__name__}: {err}") for item_id in job.item_ids]
+_Result = tuple[str, np.ndarray | None, list[dict] | str, list[tuple[str, str]]]
+
+
+def _preprocess_one(job: _Job) -> list[_Result]:
+    """[(item_id, frames, records, dropped)] or [(item_id, None, reason, [])] per item of the job, `dropped` the
+    (path, reason) of files a DICOM series left out now (changed since ingest); never raises on bad input.
+    The entries of one npz are read in a row in one process, so each of its subsets is decompressed once."""
+    paths = [Path(p) for p in job.paths]
+    results: list[_Result] = []
+    for item_id, entry in zip(job.item_ids, job.entries, strict=True):
+        try:
+            frames, meta = read_item(job.reader, paths, entry, job.read)
+            results.append((item_id, *item_frames(frames, meta, job.cfg), meta.get("dropped", [])))
+        except InputError as err:
+            results.append((item_id, None, err.reason, []))
+        except Exception as err:  # a decoder bug must not end the run: the item is quarantined with the error
+            results.append((item_id, None, f"unexpected {type(err).__name__}: {err}", []))
+    return results
 
 
 def _jobs(manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig) -> list[_Job]:
+    """One job per file (or series): the items that share their files, in manifest order."""
     jobs = []
-    npz = manifest[manifest.reader == "npz"]
-    for path, group in npz.groupby("path", sort=False):
-        jobs.append(_Job("npz", (path,), tuple(group.item_id), tuple(group.entry), cfg, read_cfg))
-    for row in manifest[manifest.reader != "npz"].itertuples():
-        jobs.append(_Job(row.reader, tuple(json.loads(row.paths)), (row.item_id,), ("",), cfg, read_cfg))
+    for paths, group in manifest.groupby("paths", sort=False):
+        reader = group.reader.iloc[0]
+        jobs.append(_Job(reader, tuple(json.loads(paths)), tuple(group.item_id), tuple(group.entry), cfg, read_cfg))
     return jobs
 
 
@@ -130,15 +139,16 @@ def preprocess(
     root = Path(cfg.out)
     writer = ShardWriter(root, cfg.size, cfg.shard_frames)
     tables: list[pd.DataFrame] = []
-    rejects: list[tuple[str, str, str]] = []
-    path_of = dict(zip(manifest.item_id, manifest.path, strict=True))
+    rejects: list[tuple[str, str, str, str]] = []
+    paths_of = {item_id: json.loads(paths) for item_id, paths in zip(manifest.item_id, manifest.paths, strict=True)}
     jobs = _jobs(manifest, cfg, read_cfg)
     for job, results in zip(jobs, parallel_map(_preprocess_one, jobs, cfg.workers, desc="preprocess"), strict=True):
         if isinstance(results, ItemCrash):
-            results = [(item_id, None, results.reason) for item_id in job.item_ids]
-        for item_id, frames, records in results:
+            results = [(item_id, None, results.reason, []) for item_id in job.item_ids]
+        for item_id, frames, records, dropped in results:
+            rejects += [(path, reason, "preprocess", item_id) for path, reason in dropped]
             if frames is None:
-                rejects.append((path_of[item_id], records, "preprocess"))
+                rejects += [(path, records, "preprocess", item_id) for path in paths_of[item_id]]
                 continue
             table = pd.DataFrame(records)
             table["item_id"] = item_id

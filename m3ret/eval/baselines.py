@@ -4,7 +4,7 @@ initialised encoder of the same architecture.
 The medbench README floor is: PIL "L" grayscale (ITU-R 601-2 luma), PIL BILINEAR (antialiased) resize to 32 x 32,
 each image's own mean subtracted (per image; a dataset-wide mean gives other numbers), L2-normalised, cosine.
 From the original files (squashed to 32 x 32, `raw_pixel_embeddings_from_files`) this reproduces the README table
-to 3 decimals; from letterboxed images (`raw_pixel_embeddings` on a BenchmarkFolder) the zero padding of
+to 3 decimals; from letterboxed frames (`raw_pixel_embeddings` on a loaded Benchmark's frames) the zero padding of
 non-square images shifts the numbers slightly (chest X-ray P@1 +0.01..0.02, mean mAP@10 +0.005..0.007).
 """
 
@@ -54,8 +54,8 @@ def raw_pixel_embeddings(images: np.ndarray, size: int = 32) -> np.ndarray:
 
 def raw_pixel_embeddings_from_files(paths: Sequence[str | Path], size: int = 32, workers: int = 2) -> np.ndarray:
     """Image files -> float32 [N, size*size]: the README floor exactly (each file squashed to size x size, no
-    letterbox). An unreadable file raises PIL's error; use it on a folder already loaded by `load_benchmark_folder`
-    (whose table lists only readable images)."""
+    letterbox). An unreadable file raises PIL's error; use it on the paths of a loaded Benchmark's items (readable
+    files only)."""
 
     def thumb(path: str | Path) -> np.ndarray:
         with Image.open(path) as img:

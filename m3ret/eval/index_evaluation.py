@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from m3ret.config import EvaluateConfig, IndexConfig, ReadoutConfig
-from m3ret.eval.baselines import raw_pixel_embeddings
-from m3ret.eval.benchmark_folder import benchmark_model_vectors, load_benchmark_folder
+from m3ret.config import EvaluateConfig, IndexConfig, PreprocessConfig, ReadConfig, ReadoutConfig
+from m3ret.eval.benchmark import benchmark_model_vectors, load_benchmark
 from m3ret.eval.per_dataset_chart import PER_DATASET_PNG, per_dataset_chart
 from m3ret.eval.retrieval_grid import GridRow, grid_rows_from_rankings, retrieval_grid
 from m3ret.eval.retrieval_metrics import (
@@ -247,22 +246,23 @@ def evaluate_benchmark(
     cfg: EvaluateConfig,
     readout: ReadoutConfig,
     index_cfg: IndexConfig,
-    size: int,
+    read: ReadConfig,
+    preprocess: PreprocessConfig,
 ) -> dict[str, IndexEvaluation]:
-    """A labeled benchmark folder or MedMNIST npz (`load_benchmark_folder`, letterboxed to `size`, cached under
-    `cfg.cache`) evaluated through the index at `index_cfg.uri` (pass a temporary Milvus Lite file).
+    """A labeled benchmark folder or MedMNIST npz (`load_benchmark`: ingested and preprocessed with `read` and
+    `preprocess`, cached under `cfg.cache`) evaluated through the index at `index_cfg.uri` (pass a temporary Milvus
+    Lite file).
 
-    The benchmark stands for an index of its own: every model's readout whitening is fitted on its gallery images.
-    Keys: "encoder", and with `cfg.baselines` the floors of `benchmark_model_vectors` (random init under the same
-    readout, raw pixels; plain and whitened). Relevance is the benchmark's label. `topk` rows follow the
-    benchmark's query rows in table order and index its gallery rows in table order (`benchmark_grid_rows`).
+    The benchmark stands for an index of its own: every model's readout whitening is fitted on its gallery items'
+    frames, and an item's vector is the mean of its frames'. Keys: "encoder", and with `cfg.baselines` the floors of
+    `benchmark_model_vectors` (random init under the same readout, raw pixels; plain and whitened). Relevance is the
+    benchmark's label. `topk` rows follow the benchmark's query items in items order and index its gallery items in
+    items order (`benchmark_grid_rows`).
     """
-    bench = load_benchmark_folder(Path(bench_path), size, cache_dir=Path(cfg.cache) if cfg.cache else None)
-    table = bench.table.rename(columns={"group_id": "group", "role": "split"})
-    raw = raw_pixel_embeddings(np.asarray(bench.images)) if cfg.baselines else None
-    vectors = benchmark_model_vectors(encoder, bench, readout, raw)
+    bench = load_benchmark(Path(bench_path), read, preprocess, Path(cfg.cache))
+    vectors = benchmark_model_vectors(encoder, bench, readout, cfg.baselines)
     return {
-        name: evaluate_vectors_in_index(index_cfg, table, v, cfg.k, BENCH_LABEL, collection_version(name))
+        name: evaluate_vectors_in_index(index_cfg, bench.items, v, cfg.k, BENCH_LABEL, collection_version(name))
         for name, v in vectors.items()
     }
 
@@ -272,20 +272,23 @@ def collection_version(model_name: str) -> str:
     return "eval_" + re.sub(r"[^a-z0-9]", "", model_name.lower())
 
 
-def benchmark_grid_rows(bench_path: Path, evaluation: IndexEvaluation, cfg: EvaluateConfig, size: int) -> list[GridRow]:
-    """`cfg.grid_queries` queries per dataset of a benchmark evaluated by `evaluate_benchmark` (same path, cfg and
-    size, so the same rows and cached images), with their hits, for `retrieval_grid`."""
-    bench = load_benchmark_folder(Path(bench_path), size, cache_dir=Path(cfg.cache) if cfg.cache else None)
-    table = bench.table
-    q_pos = np.flatnonzero(table["role"].to_numpy() == "query")
-    g_pos = np.flatnonzero(table["role"].to_numpy() == "gallery")
+def benchmark_grid_rows(
+    bench_path: Path, evaluation: IndexEvaluation, cfg: EvaluateConfig, read: ReadConfig, preprocess: PreprocessConfig
+) -> list[GridRow]:
+    """`cfg.grid_queries` queries per dataset of a benchmark evaluated by `evaluate_benchmark` (same path, cfg, read
+    and preprocess, so the same items and cached frames), with their hits (each item's middle frame), for
+    `retrieval_grid`."""
+    bench = load_benchmark(Path(bench_path), read, preprocess, Path(cfg.cache))
+    items = bench.items
+    q_pos = np.flatnonzero(items["split"].to_numpy() == "query")
+    g_pos = np.flatnonzero(items["split"].to_numpy() == "gallery")
     return grid_rows_from_rankings(
-        table.iloc[q_pos],
-        table.iloc[g_pos],
+        items.iloc[q_pos],
+        items.iloc[g_pos],
         evaluation.topk,
         evaluation.scores,
-        lambda i: np.asarray(bench.images[q_pos[i]]),
-        lambda j: np.asarray(bench.images[g_pos[j]]),
+        lambda i: bench.preview(q_pos[i]),
+        lambda j: bench.preview(g_pos[j]),
         per_dataset=cfg.grid_queries,
         label_column=BENCH_LABEL,
     )

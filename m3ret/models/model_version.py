@@ -11,9 +11,7 @@ import json
 from pathlib import Path
 
 from m3ret.config import PreprocessConfig, ReadConfig, to_dict
-
-# preprocess keys that change speed only, not the frames a model sees
-_SPEED_ONLY = ("workers", "shard_frames", "out")
+from m3ret.data.preprocess import frame_settings
 
 
 def file_digest(path: str | Path) -> hashlib._Hash:
@@ -24,8 +22,7 @@ def file_digest(path: str | Path) -> hashlib._Hash:
 
 def frames_settings(preprocess: PreprocessConfig, read: ReadConfig) -> bytes:
     """The read and preprocess settings that decide what a frame looks like, as canonical JSON bytes."""
-    prep = {k: v for k, v in to_dict(preprocess).items() if k not in _SPEED_ONLY}
-    return json.dumps({"preprocess": prep, "read": to_dict(read)}, sort_keys=True).encode()
+    return json.dumps({"preprocess": frame_settings(preprocess), "read": to_dict(read)}, sort_keys=True).encode()
 
 
 def model_version(model_path: str | Path, preprocess: PreprocessConfig, read: ReadConfig) -> str:

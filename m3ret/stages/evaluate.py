@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m3ret.config import EvaluateConfig, Params, ReadoutConfig
+from m3ret.config import EvaluateConfig, Params, PreprocessConfig, ReadConfig, ReadoutConfig
 from m3ret.data.frame_store import FrameStore
 from m3ret.data.thumbnails import Thumbnails
 from m3ret.eval.baselines import floor_vectors, random_init_like, raw_pixel_embeddings
@@ -124,7 +124,8 @@ def evaluate_stage(
     encoder: Encoder,
     cfg: EvaluateConfig,
     readout: ReadoutConfig,
-    size: int,
+    read: ReadConfig,
+    preprocess: PreprocessConfig,
 ) -> dict[str, Any]:
     """Measure `collection`, decide the gate, publish it when it passes; writes `cfg.out` (metrics.json,
     per_dataset.csv, retrieval_grid.png, gate.json, comparison.md). Returns the gate report."""
@@ -132,10 +133,9 @@ def evaluate_stage(
     bench: dict[str, IndexEvaluation] = {}
     if cfg.bench:
         with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
-            bench = evaluate_benchmark(
-                Path(cfg.bench), encoder, cfg, readout, scratch_config(index.cfg, Path(scratch)), size
-            )
-        grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, size)
+            scratch_cfg = scratch_config(index.cfg, Path(scratch))
+            bench = evaluate_benchmark(Path(cfg.bench), encoder, cfg, readout, scratch_cfg, read, preprocess)
+        grid += benchmark_grid_rows(Path(cfg.bench), bench["encoder"], cfg, read, preprocess)
     results = {f"splits {name}": value for name, value in splits.items()}
     results.update({f"bench {name}": value for name, value in bench.items()})
     if not results:
@@ -173,7 +173,8 @@ def evaluate_pipeline_outputs(
         encoder,
         params.evaluate,
         params.readout,
-        params.preprocess.size,
+        params.read,
+        params.preprocess,
     )
 
 
@@ -198,7 +199,7 @@ def run_bench(params: Params, bench: Path) -> tuple[dict[str, IndexEvaluation], 
     with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as scratch:
         scratch_cfg = scratch_config(params.index, Path(scratch))
         results = evaluate_benchmark(
-            bench, encoder, params.evaluate, params.readout, scratch_cfg, params.preprocess.size
+            bench, encoder, params.evaluate, params.readout, scratch_cfg, params.read, params.preprocess
         )
     out = Path(params.evaluate.out) / f"bench-{bench.stem}"
     write_evaluation_outputs(results, out)

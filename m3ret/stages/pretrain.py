@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from m3ret.config import Params
-from m3ret.eval.benchmark_folder import benchmark_evaluator, load_benchmark_folder
+from m3ret.eval.benchmark import benchmark_evaluator, load_benchmark
 from m3ret.train.pretrain_loop import pretrain
 
 
@@ -15,7 +15,7 @@ def run(params: Params, max_steps: int | None = None) -> dict[str, float]:
     cfg = params.pretrain
     evaluate = None
     if cfg.eval_bench:
-        bench = load_benchmark_folder(Path(cfg.eval_bench), params.preprocess.size, cache_dir=Path(cfg.eval_cache))
+        bench = load_benchmark(Path(cfg.eval_bench), params.read, params.preprocess, Path(cfg.eval_cache))
         evaluate = benchmark_evaluator(bench, params.readout)
     return pretrain(
         cfg, Path(params.preprocess.out), Path(params.split.out), evaluate, cfg.eval_every, max_steps=max_steps

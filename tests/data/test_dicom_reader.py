@@ -240,7 +240,7 @@ def test_a_truncated_slice_is_dropped_and_the_rest_of_the_series_kept(tmp_path: 
     assert [Path(p) for p, _ in meta["dropped"]] == [paths[3]] and "decoded" in meta["dropped"][0][1]
 
 
-def test_a_series_with_most_files_broken_fails_whole_with_the_first_reason(tmp_path: Path) -> None:
+def test_a_series_with_more_broken_than_usable_files_fails_whole_with_the_first_reason(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path, np.zeros((4, 8, 8), np.int16))
     for path in paths[:3]:
         path.write_bytes(path.read_bytes()[:200])

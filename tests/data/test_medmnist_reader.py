@@ -101,3 +101,26 @@ def test_real_adrenalmnist3d_entries_and_one_volume() -> None:
     frames, meta = read_medmnist_entry(path, "test:0")
     assert frames.shape == (28, 28, 28, 1) and meta["kind"] == "volume" and meta["role"] == "query"
     assert meta["label"] in {"0", "1"}
+
+
+def test_a_subset_that_cannot_be_decompressed_fails_every_entry_without_decompressing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m3ret.data import medmnist_reader
+
+    path = tmp_path / "broken.npz"
+    n = 40
+    images = np.random.default_rng(0).integers(0, 255, (n, 32, 32), dtype=np.uint8)
+    np.savez_compressed(path, train_images=images, train_labels=np.zeros((n, 1), np.uint8))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 3  # inside the compressed train_images data, past its npy header
+    data[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+    calls: list[str] = []
+    load_subset = medmnist_reader._load_subset
+    monkeypatch.setattr(medmnist_reader, "_load_subset", lambda p, s: calls.append(s) or load_subset(p, s))
+    for entry in ("train:0", "train:1", "train:2"):
+        with pytest.raises(UnreadableInputError, match="cannot decompress the train arrays"):
+            read_medmnist_entry(path, entry)
+    assert calls == ["train"]

@@ -102,3 +102,45 @@ def test_letterbox_keeps_aspect_and_to_rgb() -> None:
     assert (to_rgb(colour, "replicate") == colour).all()
     grey = to_rgb(colour, "grey")
     assert (grey == 76).all()
+
+
+def test_npz_entries_are_read_on_the_one_reader_path_and_each_subset_decompressed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_medmnist_reader import COUNTS, _write
+
+    from m3ret.data import medmnist_reader
+
+    flat, cube = _write(tmp_path / "flat.npz", (8, 8)), _write(tmp_path / "cube3d.npz", (4, 6, 6))
+    cfg = IngestConfig(
+        sources=(SourceConfig(path=str(flat)), SourceConfig(path=str(cube))),
+        out=str(tmp_path / "m.parquet"),
+        quarantine=str(tmp_path / "q.csv"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+    )
+    manifest, quarantine = ingest(cfg, ReadConfig(), b"salt-salt-salt-salt")
+    assert quarantine.empty and len(manifest) == 2 * sum(COUNTS.values())
+
+    loads: list[tuple[str, str]] = []
+    load_subset = medmnist_reader._load_subset
+    monkeypatch.setattr(
+        medmnist_reader,
+        "_load_subset",
+        lambda path, subset: loads.append((Path(path).name, subset)) or load_subset(path, subset),
+    )
+    medmnist_reader._cached_subset.cache_clear()
+    prep = PreprocessConfig(out=str(tmp_path / "frames"), size=8, workers=1, drop_blank_slices=False)
+    frames, quarantine = preprocess(manifest, prep, ReadConfig())
+    assert quarantine.empty
+    assert sorted(loads) == sorted((f.name, s) for f in (flat, cube) for s in COUNTS)  # each subset once
+    per_item = frames.groupby("item_id").size()
+    kinds = manifest.set_index("item_id")["kind"]
+    assert set(per_item[kinds[per_item.index] == "image"]) == {1} and set(
+        per_item[kinds[per_item.index] == "volume"]
+    ) == {4}
+    # the stored frame of an entry is what the reader gives for it, prepared by `item_frames`
+    row = manifest[(manifest.path == str(cube)) & (manifest.entry == "test:2")].iloc[0]
+    expected, _ = item_frames(*medmnist_reader.read_medmnist_entry(cube, "test:2"), prep)
+    ids = frames.frame_id[frames.item_id == row.item_id].to_numpy()
+    np.testing.assert_array_equal(FrameStore(tmp_path / "frames").get(ids), expected)

@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from m3ret.config import EvaluateConfig, IndexConfig, ModelConfig, ReadoutConfig, replace
-from m3ret.eval.baselines import raw_pixel_embeddings
-from m3ret.eval.benchmark_folder import load_benchmark_folder
+from m3ret.config import EvaluateConfig, IndexConfig, ModelConfig, PreprocessConfig, ReadConfig, ReadoutConfig, replace
+from m3ret.eval.benchmark import item_means, load_benchmark, raw_pixel_frames
 from m3ret.eval.index_evaluation import (
     benchmark_grid_rows,
     evaluate_benchmark,
@@ -24,7 +23,7 @@ from m3ret.index.rows import index_table
 from m3ret.models.encoder import build_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_benchmark_folder import _write_folder  # noqa: E402
+from test_benchmark import _write_folder, _write_medmnist  # noqa: E402
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -136,43 +135,16 @@ def test_cross_modal_share_on_constructed_case(tmp_path):
     assert got.topk[0, 3] == -1 and got.result.per_dataset["A"]["P@1"] == 1.0
 
 
-def _write_medmnist(path: Path, rng: np.random.Generator, shape: tuple[int, ...]) -> None:
-    """Official layout; label 0 = vertical, 1 = horizontal bands (on the last two axes), so raw pixels separate them."""
-    height, width = shape[-2:]
-    across = np.broadcast_to(((np.arange(height) // 3) % 2)[:, None], (height, width))
-    along = np.broadcast_to(((np.arange(width) // 3) % 2)[None, :], (height, width))
-    arrays = {}
-    for subset, n in (("train", 8), ("val", 3), ("test", 4)):
-        labels = np.arange(n) % 2
-        bands = np.where(labels[:, None, None] == 1, across, along)
-        bands = np.broadcast_to(bands.reshape(n, *([1] * (len(shape) - 2)), height, width), (n, *shape))
-        arrays[f"{subset}_images"] = (40 + 150 * bands + rng.integers(0, 30, size=(n, *shape))).astype(np.uint8)
-        arrays[f"{subset}_labels"] = labels[:, None].astype(np.uint8)
-    np.savez_compressed(path, **arrays)
-
-
 def test_medmnist_npz_test_split_queries_train_gallery(tmp_path):
     rng = np.random.default_rng(0)
     npz = tmp_path / "tinymnist.npz"
     _write_medmnist(npz, rng, (12, 12))
-    bench = load_benchmark_folder(npz, size=16)
-    table = bench.table
-    assert bench.images.shape == (12, 16, 16, 3)  # val (3) left out
-    assert (table["dataset"] == "tinymnist").all()
-    assert table["role"].value_counts().to_dict() == {"gallery": 8, "query": 4}
-    assert table["group_id"].tolist()[:2] == ["train:0", "train:1"] and table["group_id"].is_unique
-    assert table.loc[table["role"] == "query", "group_id"].str.startswith("test:").all()
-
-    vecs = raw_pixel_embeddings(np.asarray(bench.images), size=8)
-    run = table.rename(columns={"group_id": "group", "role": "split"})
-    got = evaluate_vectors_in_index(_flat(tmp_path), run, vecs, k=4, label_column="label", version="eval_mnist")
+    bench = load_benchmark(npz, ReadConfig(), PreprocessConfig(size=16, workers=1), tmp_path / "cache")
+    vecs = item_means(bench, raw_pixel_frames(bench))
+    got = evaluate_vectors_in_index(_flat(tmp_path), bench.items, vecs, k=4, label_column="label", version="eval_mnist")
     assert got.result.per_dataset["tinymnist"]["n_query"] == 4
-    assert got.result.per_dataset["tinymnist"]["n_gallery"] == 8
+    assert got.result.per_dataset["tinymnist"]["n_gallery"] == 8  # val left out
     assert got.result.mean["P@1"] == 1.0
-
-    cube = tmp_path / "cubemnist3d.npz"
-    _write_medmnist(cube, rng, (6, 10, 10))
-    assert load_benchmark_folder(cube, size=16).images.shape == (12, 16, 16, 3)
 
 
 def test_evaluate_benchmark_end_to_end(tmp_path):
@@ -181,8 +153,9 @@ def test_evaluate_benchmark_end_to_end(tmp_path):
     encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=32, patch_size=8))
     cfg = EvaluateConfig(k=5, cache=str(tmp_path / "cache"), grid_queries=1)
     index_cfg = IndexConfig(uri=str(tmp_path / "bench.db"))
+    read, prep = ReadConfig(), PreprocessConfig(size=32, workers=1)
     with pytest.warns(UserWarning, match="corrupt.png"):
-        results = evaluate_benchmark(root, encoder, cfg, ReadoutConfig(), index_cfg, size=32)
+        results = evaluate_benchmark(root, encoder, cfg, ReadoutConfig(), index_cfg, read, prep)
     assert list(results) == ["encoder", "random init", "raw pixels", "random init unwhitened", "raw pixels whitened"]
     for evaluation in results.values():
         assert set(evaluation.result.per_dataset) == {"d1", "d2"}
@@ -197,7 +170,7 @@ def test_evaluate_benchmark_end_to_end(tmp_path):
     assert "ANN recall" in table
 
     with pytest.warns(UserWarning, match="corrupt.png"):
-        rows = benchmark_grid_rows(root, results["encoder"], cfg, size=32)
+        rows = benchmark_grid_rows(root, results["encoder"], cfg, read, prep)
     # 1 query per dataset, 4 readable gallery images each
     assert [len(hits) for _, _, hits in rows] == [4, 4]
     out = tmp_path / "report"
