@@ -1,5 +1,6 @@
 """Throughput and latency of POST /search on a running retrieval service, at several client concurrencies.
 
+    M3RET_TOKEN=$(m3ret-serving token create bench) \
     python benchmarks/serve.py http://127.0.0.1:3000 data/demo/some_image.png [--requests 48] [--concurrency 1 4 16]
 
 Prints a markdown table: requests/s, client-side p50/p99 latency, the service's mean step times (`timing_ms`), the
@@ -11,6 +12,7 @@ step includes waiting for the batch to form, so "outside encode" is a lower boun
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import time
@@ -31,11 +33,12 @@ def batch_totals(client: httpx.Client, url: str) -> tuple[float, float]:
     return totals["sum"], totals["count"]
 
 
-def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int) -> dict[str, float]:
-    """`n_requests` searches, `concurrency` in flight at a time; latencies in ms."""
+def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, token: str) -> dict[str, float]:
+    """`n_requests` searches, `concurrency` in flight at a time, with bearer `token`; latencies in ms."""
     payload = file.read_bytes()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    with httpx.Client(timeout=600, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=600, limits=limits, headers=headers) as client:
 
         def one(_: int) -> tuple[float, dict[str, float]]:
             tic = time.perf_counter()
@@ -90,11 +93,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
+    token = os.environ.get("M3RET_TOKEN", "")
+    if not token:
+        parser.error("set M3RET_TOKEN to a bearer token of the service (m3ret-serving token create NAME)")
     url = args.url.rstrip("/")
     health = httpx.get(f"{url}/healthz", timeout=30).json()
     print(f"service {url}: model {health['model_version']}, {health['collection']} ({health['rows']} rows)")
     print(f"query {args.file.name}, k={args.k}\n")
-    rows = [run_level(url, args.file, args.k, c, args.requests) for c in args.concurrency]
+    rows = [run_level(url, args.file, args.k, c, args.requests, token) for c in args.concurrency]
     print(table(rows))
 
 

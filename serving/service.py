@@ -13,9 +13,11 @@ batchable API, so concurrent requests share them (BentoML adaptive batching).
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import os
 import re
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,7 @@ from m3ret.index.schema import HIT_FIELDS
 from m3ret.index.vector_index import open_index
 from m3ret.models.query import Query, decode_query
 from serving.model_store import load_imported
+from serving.tokens import TokenStore, Verdict
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
@@ -53,6 +56,10 @@ STEP_SECONDS = bentoml.metrics.Histogram(
 )
 ENCODE_ATTEMPTS = 3
 UPLOAD_ROUTES = ("/search", "/embed")
+# Open without a token: the probes (BentoML's and the page app's /health behind /healthz) and the page shell (HTML,
+# script, style: no data; it asks for the token). Everything else needs `Authorization: Bearer <token>`.
+PUBLIC_ROUTES = ("/healthz", "/health", "/readyz", "/livez", "/")
+PUBLIC_PREFIXES = ("/static/",)
 # Multipart framing around the file; a body beyond the upload limit by more than this is refused unread.
 _FORM_OVERHEAD = 64 * 1024
 
@@ -106,6 +113,13 @@ class Retrieval:
         params = load_params(os.environ.get("M3RET_PARAMS", "params.yaml"))
         index_cfg = params.index
         self.serve_cfg = params.serve
+        self.tokens = TokenStore(params.serve.tokens_file)
+        # The service calls its own batchable `encode` through BentoML's in-process HTTP client, which sends
+        # BENTO_CLOUD_API_KEY as its bearer token: a secret of this process lets those calls through the check.
+        self.internal_token = secrets.token_urlsafe(32)
+        os.environ["BENTO_CLOUD_API_KEY"] = self.internal_token
+        if not self.tokens.names():
+            log.warning("no bearer tokens in %s: create one with `m3ret-serving token create NAME`", self.tokens.path)
         self.encoder, self.read_cfg, self.preprocess_cfg, self.model_version = load_imported(
             str(self.encoder_model.tag)
         )
@@ -285,5 +299,41 @@ class _UploadLimit:
         await self.app(scope, receive, send)
 
 
+def _verdict(token: str) -> Verdict:
+    service = bentoml.get_current_service()
+    if hmac.compare_digest(token, service.internal_token):
+        return Verdict.VALID
+    return service.tokens.check(token)
+
+
+class _BearerAuth:
+    """Every route except PUBLIC_ROUTES / PUBLIC_PREFIXES (and /metrics with `serve.public_metrics`) needs a valid
+    bearer token: 401 without one or with an unknown one, 403 with a revoked one. The token is never logged."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._public(scope["path"]):
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = header.partition(" ")
+            verdict = _verdict(token.strip()) if scheme.lower() == "bearer" else None
+            if verdict is not Verdict.VALID:
+                revoked = verdict is Verdict.REVOKED
+                reason = "this token was revoked" if revoked else "a valid bearer token is required"
+                response = _error(403 if revoked else 401, reason)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="m3ret"'
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _public(path: str) -> bool:
+        if path in PUBLIC_ROUTES or path.startswith(PUBLIC_PREFIXES):
+            return True
+        return path == "/metrics" and bentoml.get_current_service().serve_cfg.public_metrics
+
+
 Retrieval.add_asgi_middleware(_HealthzRoute)
 Retrieval.add_asgi_middleware(_UploadLimit)
+Retrieval.add_asgi_middleware(_BearerAuth)

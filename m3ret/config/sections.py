@@ -330,3 +330,7 @@ class ServeConfig(Section):
     max_zip_ratio: float = 100.0  # uncompressed / compressed beyond this is a zip bomb (DICOM compresses ~3-10x)
     max_k: int = 100
     thumbnail_size: int = 128
+    # bearer tokens (hashes only): `m3ret-serving token create NAME`; every route but the health probes and the
+    # page shell needs one, `/metrics` too unless `public_metrics`
+    tokens_file: str = "data/serve/tokens.json"
+    public_metrics: bool = False

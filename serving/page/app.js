@@ -1,8 +1,25 @@
 // The "find similar cases" page: one form posted to /search with fetch(FormData), results drawn as a grid.
 // Vanilla JS, no external assets: the page must work on a machine with no internet access.
+// Every request but the health probe carries the bearer token, kept in sessionStorage (this tab only, gone when it
+// closes); thumbnails are fetched with it too and shown from blob URLs, so the token never sits in a URL.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "m3ret-token";
+
+function authFetch(url, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.set("Authorization", `Bearer ${token}`);
+  return fetch(url, { ...options, headers });
+}
+
+async function showImage(img, url) {
+  const response = await authFetch(url);
+  if (!response.ok) return;
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(await response.blob());
+}
 
 function showError(message) {
   $("error").textContent = message;
@@ -30,7 +47,7 @@ async function checkHealth() {
 }
 
 function openOverlay(hit) {
-  $("overlay-image").src = hit.thumbnail_url;
+  showImage($("overlay-image"), hit.thumbnail_url);
   $("overlay-caption").textContent =
     `#${hit.rank} · score ${hit.score.toFixed(4)} · ${hit.modality} · ${hit.dataset} · ${hit.kind}` +
     (hit.label ? ` · ${hit.label}` : "") + (hit.level === "frame" ? ` · frame ${hit.frame_index}` : "");
@@ -50,9 +67,8 @@ function tile(hit) {
   button.dataset.itemId = hit.item_id;
   button.dataset.rank = hit.rank;
   const img = document.createElement("img");
-  img.src = hit.thumbnail_url;
   img.alt = `hit ${hit.rank}`;
-  img.loading = "lazy";
+  showImage(img, hit.thumbnail_url);
   button.append(
     img,
     text("span", "score", `#${hit.rank} · ${hit.score.toFixed(3)}`),
@@ -92,7 +108,7 @@ async function submit(event) {
   $("submit").disabled = true;
   $("status").textContent = "searching…";
   try {
-    const response = await fetch("/search", { method: "POST", body: form });
+    const response = await authFetch("/search", { method: "POST", body: form });
     const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
     if (!response.ok) {
       $("status").textContent = "";
@@ -130,6 +146,8 @@ function setUpDrop() {
   });
 }
 
+$("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+$("token").addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, $("token").value.trim()));
 $("query-form").addEventListener("submit", submit);
 $("overlay-close").addEventListener("click", closeOverlay);
 $("overlay").addEventListener("click", (event) => {

@@ -49,6 +49,7 @@ from m3ret.models.encoder import build_encoder  # noqa: E402
 from m3ret.stages.embed import embed_store  # noqa: E402
 from m3ret.stages.index import build_collection  # noqa: E402
 from m3ret.train.checkpoint import save_encoder  # noqa: E402
+from serving.tokens import TokenStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -87,6 +88,12 @@ class Served:
     max_k: int
     max_upload_mb: int
     log: Path
+    token: str  # a valid bearer token (`revoked` was valid once)
+    revoked: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 def _free_port() -> int:
@@ -241,8 +248,16 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     params = {
         "preprocess": to_dict(prep_cfg),
         "index": to_dict(index_cfg),
-        "serve": {"max_upload_mb": MAX_UPLOAD_MB, "max_k": MAX_K, "thumbnail_size": 64},
+        "serve": {
+            "max_upload_mb": MAX_UPLOAD_MB,
+            "max_k": MAX_K,
+            "thumbnail_size": 64,
+            "tokens_file": str(root / "tokens.json"),
+        },
     }
+    tokens = TokenStore(root / "tokens.json")
+    token, revoked = tokens.create("tests"), tokens.create("former")
+    tokens.revoke("former")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = _env(root)
     n_items = _build_index(root, src, prep_cfg, index_cfg)
@@ -262,7 +277,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         )
     try:
         _wait_ready(url, proc, log)
-        yield Served(url, root, queries, encoder.embed_dim, n_items, MAX_K, MAX_UPLOAD_MB, log)
+        yield Served(url, root, queries, encoder.embed_dim, n_items, MAX_K, MAX_UPLOAD_MB, log, token, revoked)
     finally:
         _stop(proc)
 

@@ -54,21 +54,28 @@ def test_upload_shows_hits_and_a_large_view(served: Served, browser, tmp_path: P
     browser.get(served.url + "/")
     wait.until(ec.text_to_be_present_in_element((By.ID, "health"), "rows"))
     assert "collection m3ret_test_" in browser.find_element(By.ID, "health").text
+    browser.find_element(By.ID, "token").send_keys(served.token)
+    # kept for this tab only: in sessionStorage, never in localStorage (which outlives the session)
+    assert browser.execute_script("return sessionStorage.getItem('m3ret-token')") == served.token
+    assert browser.execute_script("return localStorage.length") == 0
 
     k = browser.find_element(By.ID, "k")
     k.clear()
     k.send_keys("4")
     browser.find_element(By.ID, "file").send_keys(str(served.queries["jpeg_copy"]))
     browser.find_element(By.ID, "submit").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 4)
+    error = browser.find_element(By.ID, "error")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 4 or error.is_displayed())
+    assert error.get_attribute("hidden") is not None, error.text
     tiles = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
-    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
 
     # the page's first tile is the service's best hit for the near-copy: its original photo
     import httpx
 
     with served.queries["jpeg_copy"].open("rb") as fh:
-        expected = httpx.post(f"{served.url}/search", files={"file": fh}, data={"k": "1"}, timeout=120).json()
+        expected = httpx.post(
+            f"{served.url}/search", files={"file": fh}, data={"k": "1"}, headers=served.auth, timeout=120
+        ).json()
     assert tiles[0].get_attribute("data-item-id") == expected["hits"][0]["item_id"]
     assert "photo" in tiles[0].text
     wait.until(lambda d: d.execute_script("return document.querySelector('#hits .hit img').naturalWidth") > 0)
@@ -95,8 +102,14 @@ def test_a_refused_upload_shows_its_reason(served: Served, browser, tmp_path: Pa
     note = tmp_path / "note.txt"
     note.write_text("not an image\n" * 10)
     browser.get(served.url + "/")
+    browser.execute_script("sessionStorage.clear()")
     browser.find_element(By.ID, "file").send_keys(str(note))
     browser.find_element(By.ID, "submit").click()
     error = browser.find_element(By.ID, "error")
     WebDriverWait(browser, WAIT_S).until(lambda d: error.is_displayed())
-    assert error.text.startswith("415") and "text" in error.text
+    assert error.text.startswith("401") and "token" in error.text  # no token yet: nothing is decoded
+
+    browser.find_element(By.ID, "token").send_keys(served.token)
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: error.text.startswith("415"))
+    assert "text" in error.text

@@ -30,7 +30,9 @@ def _post(served: Served, route: str, path: Path | None = None, content: bytes |
     name = path.name if path is not None else "upload.bin"
     body = path.read_bytes() if path is not None else content
     data = {key: str(value) for key, value in form.items()}
-    return httpx.post(f"{served.url}{route}", files={"file": (name, body)}, data=data, timeout=TIMEOUT)
+    return httpx.post(
+        f"{served.url}{route}", files={"file": (name, body)}, data=data, headers=served.auth, timeout=TIMEOUT
+    )
 
 
 def _search(served: Served, path: Path, **form) -> dict:
@@ -94,16 +96,16 @@ def test_modality_filter_and_frame_level(served: Served) -> None:
     assert frames["hits"][0]["dataset"] == "mri"
     url = frames["hits"][0]["thumbnail_url"]
     assert "?frame=" in url
-    thumb = httpx.get(f"{served.url}{url}", timeout=TIMEOUT)
+    thumb = httpx.get(f"{served.url}{url}", headers=served.auth, timeout=TIMEOUT)
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(thumb.content)).size == (64, 64)
 
 
 def test_thumbnail_of_series_and_unknown_item(served: Served) -> None:
     hit = _search(served, served.queries["video"], k=1)["hits"][0]
-    response = httpx.get(f"{served.url}{hit['thumbnail_url']}", timeout=TIMEOUT)
+    response = httpx.get(f"{served.url}{hit['thumbnail_url']}", headers=served.auth, timeout=TIMEOUT)
     assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
-    missing = httpx.get(f"{served.url}/thumbnail/nope", timeout=TIMEOUT)
+    missing = httpx.get(f"{served.url}/thumbnail/nope", headers=served.auth, timeout=TIMEOUT)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
 
@@ -124,7 +126,7 @@ def test_health_readiness_and_metrics(served: Served) -> None:
     assert health["rows"] > served.n_series
     assert httpx.get(f"{served.url}/readyz", timeout=TIMEOUT).status_code == 200
     _search(served, served.queries["png_noisy"], k=2)
-    metrics = httpx.get(f"{served.url}/metrics", timeout=TIMEOUT).text
+    metrics = httpx.get(f"{served.url}/metrics", headers=served.auth, timeout=TIMEOUT).text
     for step in ("decode", "encode", "search"):
         count = re.search(rf'm3ret_step_seconds_count{{[^}}]*step="{step}"[^}}]*}} ([0-9.e+]+)', metrics)
         assert count and float(count.group(1)) >= 1, step
@@ -196,3 +198,25 @@ def test_concurrent_searches_share_the_encoder(served: Served) -> None:
         results = list(pool.map(lambda n: _search(served, served.queries[n], k=1), names))
     kinds = [r["query"]["kind"] for r in results]
     assert kinds == ["image", "image", "volume", "video"] * 2
+
+
+def test_only_token_holders_get_in(served: Served) -> None:
+    """401 without a token or with an unknown one, 403 with a revoked one, on every route that serves data
+    (thumbnails and /metrics included); the probes and the page shell stay open; no token reaches the log."""
+    photo = served.queries["png_noisy"]
+    hit = _search(served, photo, k=1)["hits"][0]
+    routes = [("post", "/search"), ("post", "/embed"), ("get", hit["thumbnail_url"]), ("get", "/metrics")]
+    for method, route in routes:
+        for headers, status in (({}, 401), ({"Authorization": "Bearer m3r_made_up"}, 401),
+                                ({"Authorization": f"Bearer {served.revoked}"}, 403)):  # fmt: skip
+            if method == "post":
+                with photo.open("rb") as fh:
+                    response = httpx.post(f"{served.url}{route}", files={"file": fh}, headers=headers, timeout=TIMEOUT)
+            else:
+                response = httpx.get(f"{served.url}{route}", headers=headers, timeout=TIMEOUT)
+            assert response.status_code == status, (route, headers, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    for route in ("/healthz", "/readyz", "/", "/static/app.js"):
+        assert httpx.get(f"{served.url}{route}", timeout=TIMEOUT).status_code == 200, route
+    log = served.log.read_text(errors="replace")
+    assert served.token not in log and served.revoked not in log
