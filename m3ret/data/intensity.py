@@ -63,8 +63,8 @@ def percentile_values(values: np.ndarray, qs: Sequence[float], sample: int = PER
     """The `qs` percentiles (0..100) of the finite values, float64 [len(qs)], all from one strided sample and one
     `np.percentile` call; None when no value is finite."""
     flat = strided_sample(values, sample)
-    if flat.dtype.kind == "f":
-        flat = flat[np.isfinite(flat)]
+    # integers as float32: the same interpolation as on the float32 copy of the values readers used to pass
+    flat = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat.astype(np.float32)
     if flat.size == 0:
         return None
     return np.percentile(flat, qs)
