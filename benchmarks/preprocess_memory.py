@@ -82,7 +82,9 @@ def measure(folder: Path, pipeline: str, size: int, stride: int, code: Path = RE
     from `code` (a checkout: this one, or an older one for a before/after)."""
     script = _CHILD.format(bench=str(BENCH_DIR), folder=str(folder), size=size, stride=stride, pipeline=pipeline)
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    # cwd = the checkout: `python -c` puts the working directory first on sys.path
+    run = [sys.executable, "-c", script]
+    done = subprocess.run(run, cwd=code, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"memory child ({pipeline}, {code}) failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])

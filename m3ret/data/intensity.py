@@ -63,11 +63,36 @@ def percentile_values(values: np.ndarray, qs: Sequence[float], sample: int = PER
     """The `qs` percentiles (0..100) of the finite values, float64 [len(qs)], all from one strided sample and one
     `np.percentile` call; None when no value is finite."""
     flat = strided_sample(values, sample)
-    # integers as float32: the same interpolation as on the float32 copy of the values readers used to pass
-    flat = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat.astype(np.float32)
+    if flat.size and flat.dtype.kind in "iu":
+        found = _histogram_percentiles(flat, qs)
+        if found is not None:
+            return found
+        flat = flat.astype(np.float32)
+    flat = flat[np.isfinite(flat)]
     if flat.size == 0:
         return None
     return np.percentile(flat, qs)
+
+
+def _histogram_percentiles(flat: np.ndarray, qs: Sequence[float]) -> np.ndarray | None:
+    """`np.percentile(flat, qs)` (method "linear") of integer samples, from their histogram instead of a partition:
+    the value at sorted position k is the first level whose cumulative count exceeds k. None for a value range too
+    wide for a histogram (then np.percentile runs)."""
+    low, high = int(flat.min()), int(flat.max())
+    if high - low > 1 << 20:
+        return None
+    cumulative = np.cumsum(np.bincount(flat.astype(np.intp) - low, minlength=high - low + 1))
+    n = flat.size
+    q = np.asarray(qs, dtype=np.float64) / 100.0
+    virtual = n * q + (1.0 + q * (1.0 - 1.0 - 1.0)) - 1.0  # numpy's linear-method virtual index, same float ops
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    below = np.clip(previous, 0, n - 1).astype(np.intp)
+    above = np.clip(previous + 1, 0, n - 1).astype(np.intp)
+    a = (np.searchsorted(cumulative, below, side="right") + low).astype(np.float64)
+    b = (np.searchsorted(cumulative, above, side="right") + low).astype(np.float64)
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1.0 - gamma), a + diff * gamma)  # numpy's _lerp
 
 
 def percentile_range(

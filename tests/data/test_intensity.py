@@ -45,3 +45,16 @@ def test_percentiles_one_strided_sample():
     assert np.isfinite(percentile_range(volume, (0.5, 99.5))).all()
     assert percentile_values(np.full(10, np.nan), (1.0, 99.0)) is None
     assert percentile_range(np.full(10, np.nan), (1.0, 99.0)) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32])
+def test_integer_percentiles_from_histogram_equal_numpy(dtype):
+    rng = np.random.default_rng(2)
+    qs = (1.0, 99.0, 0.5, 99.5, 0.0, 100.0, 50.0)
+    for n in (1, 2, 7, 1000, 250_000):
+        info = np.iinfo(dtype)
+        values = rng.integers(max(info.min, -3000), min(info.max, 60000), n, endpoint=True).astype(dtype)
+        reference = np.percentile(strided_sample(values).astype(np.float64), qs)
+        np.testing.assert_allclose(percentile_values(values, qs), reference, rtol=1e-12, atol=1e-9)
+    wide = np.array([-(2**30), 0, 5, 2**30], dtype=np.int32)  # too wide for a histogram: np.percentile
+    np.testing.assert_allclose(percentile_values(wide, qs), np.percentile(wide.astype(np.float32), qs))
