@@ -184,12 +184,14 @@ def _decode(path: Path, ds: Dataset, n_frames: int) -> np.ndarray:
 def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """[F,H,W] stored values -> modality values; enhanced objects keep their rescale in functional groups.
 
-    An integer slope and intercept on integer stored values (CT's 1 and -1024) are applied in int64 — the same
-    values as pydicom's float64 arithmetic, without the float64 copy."""
+    An integer slope and intercept on integer stored values (CT's 1 and -1024) are applied in int32 / int64: the
+    same values as pydicom's float64 arithmetic, without the float64 copy."""
     if not ds.get("ModalityLUTSequence") and "RescaleSlope" in ds and "RescaleIntercept" in ds:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         if arr.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer():
-            out = arr.astype(np.int64)
+            # int32 holds any 16-bit stored value times a slope and plus an intercept below 2**15
+            small = arr.dtype.itemsize <= 2 and abs(slope) < 2**15 and abs(intercept) < 2**15
+            out = arr.astype(np.int32 if small else np.int64)
             if slope != 1:
                 out *= int(slope)
             out += int(intercept)
@@ -209,8 +211,11 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 def _store(values: np.ndarray, rows: list[int], decoded: np.ndarray) -> np.ndarray:
     """Put one member's decoded frames at `rows` of the series array; an int16 series (the common CT/MR case, half
     the memory of float32) becomes float32 first when these values are fractional or do not fit int16."""
-    if values.dtype == np.int16 and (
-        decoded.dtype.kind == "f" or decoded.size and (decoded.min() < -(2**15) or decoded.max() >= 2**15)
+    fits = decoded.dtype in (np.int8, np.uint8, np.int16)
+    if (
+        values.dtype == np.int16
+        and not fits
+        and (decoded.dtype.kind == "f" or decoded.size and (decoded.min() < -(2**15) or decoded.max() >= 2**15))
     ):
         values = values.astype(np.float32)
     values[rows] = decoded

@@ -1,4 +1,5 @@
-"""DICOM pixel fast paths: native pixel data read as pydicom reads it; int16 series storage widened when needed."""
+"""DICOM fast paths: native pixel data read as pydicom reads it, int16 series storage widened when needed, slice
+positions parsed from the raw bytes as pydicom parses them."""
 
 from __future__ import annotations
 
@@ -64,3 +65,15 @@ def test_series_values_equal_pydicom_modality_lut(tmp_path, stored, rescale):
     for t, path in enumerate((first, second)):
         ds = dcmread(path)
         np.testing.assert_array_equal(values[t], apply_modality_lut(pixel_array(ds), ds).astype(np.float32))
+
+
+def test_raw_decimals_equal_pydicom_values(tmp_path):
+    from m3ret.data.dicom_geometry import _raw_decimals
+
+    path = write_dicom(tmp_path / "g.dcm", np.zeros((2, 2), np.int16), position=(-100.25, 1e-3, 7), instance=3)
+    ds = dcmread(path)
+    fast = _raw_decimals(ds, "ImagePositionPatient")
+    np.testing.assert_array_equal(fast, np.asarray(dcmread(path).ImagePositionPatient, dtype=np.float64))
+    assert ds.ImagePositionPatient[0] == -100.25
+    assert _raw_decimals(ds, "ImagePositionPatient") is None  # converted now: pydicom's value is used
+    assert _raw_decimals(ds, "SliceLocation") is None
