@@ -2,8 +2,10 @@
 
 One 512x512x600 int16 CT series (600 DICOM files) is written to a temp dir; a fresh Python process per pipeline
 imports everything, notes its resident size, runs the reader + item_frames (or MONAI's load + window + resize)
-on the series and reports its peak resident size (`getrusage(RUSAGE_SELF).ru_maxrss`). The increase is compared
-with the volume's decoded size: int16 (the stored samples) and float32 (what a float pipeline holds).
+on the series and reports its peak resident size (`getrusage(RUSAGE_SELF).ru_maxrss`); a second fresh process
+reports tracemalloc's peak instead (RSS varies between runs with the allocator and the machine's memory state;
+the traced peak does not). Both are compared with the volume's decoded size: int16 (the stored samples) and
+float32 (what a float pipeline holds).
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize()
 base = rss()
+if {traced}:
+    import tracemalloc
+    tracemalloc.start()
 if {pipeline!r} == "monai":
     frames = run(files)
 else:
     frames = item_frames(*read_item("dicom", files, "", read_cfg), cfg)[0]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"base": base, "peak": peak, "frames": list(frames.shape)}}))
+traced = tracemalloc.get_traced_memory()[1] if {traced} else 0
+print(json.dumps({{"base": base, "peak": peak, "traced": traced, "frames": list(frames.shape)}}))
 """
 
 
@@ -57,6 +63,7 @@ class MemoryRow:
     code: str
     base_mb: float
     increase_mb: float
+    traced_mb: float
     frames: tuple[int, ...]
 
 
@@ -77,19 +84,33 @@ def write_big_series(folder: Path) -> Path:
     return folder
 
 
-def measure(folder: Path, pipeline: str, size: int, stride: int, code: Path = REPO) -> MemoryRow:
-    """Peak RSS increase of one pipeline ("m3ret" or "monai") on the series, in a fresh process importing m3ret
-    from `code` (a checkout: this one, or an older one for a before/after)."""
-    script = _CHILD.format(bench=str(BENCH_DIR), folder=str(folder), size=size, stride=stride, pipeline=pipeline)
+def _child(folder: Path, pipeline: str, size: int, stride: int, code: Path, traced: bool) -> dict:
+    script = _CHILD.format(
+        bench=str(BENCH_DIR), folder=str(folder), size=size, stride=stride, pipeline=pipeline, traced=traced
+    )
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     # cwd = the checkout: `python -c` puts the working directory first on sys.path
     run = [sys.executable, "-c", script]
     done = subprocess.run(run, cwd=code, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"memory child ({pipeline}, {code}) failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(folder: Path, pipeline: str, size: int, stride: int, code: Path = REPO) -> MemoryRow:
+    """Peak memory of one pipeline ("m3ret" or "monai") on the series, each in a fresh process importing m3ret from
+    `code` (a checkout: this one, or an older one for a before/after): the peak RSS increase over the RSS after
+    imports (what the OS holds for it, allocator slack included), and in a second process tracemalloc's peak of
+    the bytes allocated (numpy's arrays included; deterministic, no allocator slack)."""
+    rss = _child(folder, pipeline, size, stride, code, traced=False)
+    traced = _child(folder, pipeline, size, stride, code, traced=True)
     return MemoryRow(
-        pipeline, str(code), result["base"] / 2**20, (result["peak"] - result["base"]) / 2**20, tuple(result["frames"])
+        pipeline,
+        str(code),
+        rss["base"] / 2**20,
+        (rss["peak"] - rss["base"]) / 2**20,
+        traced["traced"] / 2**20,
+        tuple(rss["frames"]),
     )
 
 
@@ -99,12 +120,14 @@ def memory_table(rows: list[MemoryRow]) -> str:
         f"Peak memory, one {SIDE}x{SIDE}x{SLICES} CT series ({SLICES} DICOM files): decoded size "
         f"{int16_mb:.0f} MiB as int16, {float32_mb:.0f} MiB as float32",
         "",
-        "| pipeline | code | frames | RSS before (MiB) | peak increase (MiB) | x int16 size | x float32 size |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| pipeline | code | frames | RSS before (MiB) | peak RSS increase (MiB) | x int16 | x float32 "
+        "| traced peak (MiB) | x int16 | x float32 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.pipeline} | {r.code} | {'x'.join(map(str, r.frames))} | {r.base_mb:.0f} | {r.increase_mb:.0f} "
-            f"| {r.increase_mb / int16_mb:.2f} | {r.increase_mb / float32_mb:.2f} |"
+            f"| {r.increase_mb / int16_mb:.2f} | {r.increase_mb / float32_mb:.2f} | {r.traced_mb:.0f} "
+            f"| {r.traced_mb / int16_mb:.2f} | {r.traced_mb / float32_mb:.2f} |"
         )
     return "\n".join(lines)
