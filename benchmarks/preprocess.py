@@ -9,12 +9,19 @@ it measures items/s, MB/s (input bytes on disk per second) and frames/s of
 - `m3ret preprocess`: `m3ret.data.preprocess.preprocess` on the ingested manifest (decode, windowing, slice
   selection, letterbox, 3 channels, shards written to disk) with 1 and 2 workers;
 - `m3ret ingest`: `m3ret.data.ingest.ingest` with a cold cache (content hash + a full check decode of every item),
-  the one-off cost paid before preprocess.
+  the one-off cost paid before preprocess;
+- `monai` (DICOM and NIfTI): MONAI's `LoadImage` + `ScaleIntensityRange(Percentiles)` + `Resize` of the same kept
+  slices to the same size, serial in this process (`benchmarks/monai_baseline.py`), against
+- `m3ret read+frames`: m3ret's reader + `item_frames` in the same serial loop: the like-for-like single-process pair.
+
+Volumes keep every `--slice-stride`-th slice (default 2, as params.yaml's `preprocess.slice_stride`) in every
+pipeline, the naive one included. `--memory` adds the peak memory of one 512x512x600 CT series
+(`benchmarks/preprocess_memory.py`).
 
 Every configuration runs twice in this process and the faster run is kept (warm page cache); speed is reported as a
 ratio to the naive loop at the same frame size, since these machines are noisy. Prints a markdown table.
 
-    /root/.cache/m3ret-bootstrap/bin/python benchmarks/preprocess.py [--quick] [--workers 1 2] [--sizes 64 224]
+    python benchmarks/preprocess.py [--quick] [--workers 1 2] [--sizes 64 224] [--no-monai] [--memory]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -39,7 +47,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import PIL  # noqa: E402
 import pydicom  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from m3ret.data.video_reader import decord  # noqa: E402  (loaded after torch)
 
@@ -49,7 +56,13 @@ from mixed_source import write_mp4  # noqa: E402
 
 from m3ret.config import IngestConfig, PreprocessConfig, ReadConfig, SourceConfig  # noqa: E402
 from m3ret.data.ingest import ingest  # noqa: E402
-from m3ret.data.preprocess import preprocess  # noqa: E402
+from m3ret.data.preprocess import item_frames, preprocess  # noqa: E402
+from m3ret.data.readers import read_item  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from monai_baseline import MONAI_KINDS, monai_pipeline  # noqa: E402
+from naive_baseline import NAIVE  # noqa: E402
+from preprocess_memory import measure, memory_table, write_big_series  # noqa: E402
 
 KINDS = ("dicom", "nifti", "video")
 SALT = b"benchmark-salt-benchmark"
@@ -72,7 +85,8 @@ class CorpusSpec:
     fps: int
 
 
-FULL = CorpusSpec(8, 64, 256, 40, 512, 6, (128, 128, 96), 6, 256, 10.0, 25)
+# 12 NIfTI volumes (6 before the MONAI baseline): with 6, a second worker had too little work to show
+FULL = CorpusSpec(8, 64, 256, 40, 512, 12, (128, 128, 96), 6, 256, 10.0, 25)
 QUICK = CorpusSpec(3, 32, 256, 10, 512, 2, (128, 128, 96), 2, 256, 4.0, 25)
 
 
@@ -149,39 +163,6 @@ def naive_items(kind: str, folder: Path) -> list[list[Path]]:
     return [[p] for p in sorted(folder.iterdir())]
 
 
-# ------------------------------------------------------------------------------------------------- naive
-def _minmax_resize(stack: np.ndarray, size: int) -> np.ndarray:
-    """[T,H,W] or [T,H,W,3] any dtype -> uint8 [T,size,size(,3)]: min/max of the whole item, PIL per frame."""
-    stack = stack.astype(np.float32)
-    lo, hi = float(stack.min()), float(stack.max())
-    u8 = ((stack - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
-    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in u8])
-
-
-def naive_dicom(files: list[Path], size: int, num_frames: int) -> np.ndarray:
-    datasets = sorted((pydicom.dcmread(p) for p in files), key=lambda ds: int(ds.get("InstanceNumber", 0)))
-    return _minmax_resize(np.stack([ds.pixel_array for ds in datasets]), size)
-
-
-def naive_nifti(files: list[Path], size: int, num_frames: int) -> np.ndarray:
-    volume = nib.load(files[0]).get_fdata()  # [X,Y,Z] float64
-    return _minmax_resize(np.moveaxis(volume, -1, 0), size)
-
-
-def naive_video(files: list[Path], size: int, num_frames: int) -> np.ndarray:
-    reader = decord.VideoReader(str(files[0]))
-    every = reader.get_batch(list(range(len(reader)))).asnumpy()
-    keep = np.linspace(0, len(every) - 1, num_frames).round().astype(int)
-    return _minmax_resize(every[keep], size)
-
-
-NAIVE: dict[str, Callable[[list[Path], int, int], np.ndarray]] = {
-    "dicom": naive_dicom,
-    "nifti": naive_nifti,
-    "video": naive_video,
-}
-
-
 # --------------------------------------------------------------------------------------------- measuring
 @dataclass(frozen=True)
 class Row:
@@ -205,7 +186,9 @@ def best_of(runs: int, fn: Callable[[], tuple[int, int]]) -> tuple[float, int, i
     return best, items, frames
 
 
-def bench_kind(kind: str, folder: Path, work: Path, sizes: list[int], workers: list[int], runs: int) -> list[Row]:
+def bench_kind(
+    kind: str, folder: Path, work: Path, sizes: list[int], workers: list[int], runs: int, stride: int, monai: bool
+) -> list[Row]:
     mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
     read_cfg = ReadConfig()
     num_frames = read_cfg.video.num_frames
@@ -213,7 +196,7 @@ def bench_kind(kind: str, folder: Path, work: Path, sizes: list[int], workers: l
     items = naive_items(kind, folder)
 
     def run_naive(size: int) -> tuple[int, int]:
-        kept = [NAIVE[kind](files, size, num_frames) for files in items]
+        kept = [NAIVE[kind](files, size, num_frames, stride) for files in items]
         return len(kept), sum(len(f) for f in kept)
 
     def run_ingest(w: int) -> tuple[pd.DataFrame, float]:
@@ -238,12 +221,31 @@ def bench_kind(kind: str, folder: Path, work: Path, sizes: list[int], workers: l
         manifest = timings[0][0]
         rows.append(Row(kind, "m3ret ingest", w, None, len(manifest), 0, min(t for _, t in timings), mb))
 
+    readers = dict(zip(manifest.paths, manifest.reader, strict=True))
+    jobs = [([Path(p) for p in json.loads(paths)], reader) for paths, reader in readers.items()]
+
+    def run_reader(cfg: PreprocessConfig) -> tuple[int, int]:
+        kept = [item_frames(*read_item(reader, files, "", read_cfg), cfg)[0] for files, reader in jobs]
+        return len(kept), sum(len(f) for f in kept)
+
     for size in sizes:
         seconds, n_items, n_frames = best_of(runs, lambda size=size: run_naive(size))
         rows.append(Row(kind, "naive", 1, size, n_items, n_frames, seconds, mb))
+        if monai and kind in MONAI_KINDS:
+            cfg = PreprocessConfig(out="unused", size=size, slice_stride=stride, workers=1)
+            pipeline = monai_pipeline(kind, cfg, read_cfg)
+
+            def run_monai(pipeline: Callable[[list[Path]], np.ndarray] = pipeline) -> tuple[int, int]:
+                kept = [pipeline(files) for files in items]
+                return len(kept), sum(len(f) for f in kept)
+
+            seconds, n_items, n_frames = best_of(runs, run_monai)
+            rows.append(Row(kind, "monai", 1, size, n_items, n_frames, seconds, mb))
+            seconds, n_items, n_frames = best_of(runs, lambda cfg=cfg: run_reader(cfg))
+            rows.append(Row(kind, "m3ret read+frames", 1, size, n_items, n_frames, seconds, mb))
         for w in workers:
             out = work / f"frames-{kind}-{size}-{w}"
-            cfg = PreprocessConfig(out=str(out), size=size, workers=w)
+            cfg = PreprocessConfig(out=str(out), size=size, slice_stride=stride, workers=w)
 
             def run_m3ret(cfg: PreprocessConfig = cfg) -> tuple[int, int]:
                 frames, quarantine = preprocess(manifest, cfg, read_cfg)
@@ -280,32 +282,44 @@ def _load() -> str:
     return "load average (1/5/15 min) " + "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _ratio(r: Row, base: Row | None, frames: bool = False) -> str:
+    if base is None or (frames and not (r.frames and base.frames)):
+        return "-"
+    mine, theirs = (r.frames, base.frames) if frames else (r.items, base.items)
+    return f"{(mine / r.seconds) / (theirs / base.seconds):.2f}"
+
+
 def table(rows: list[Row]) -> str:
     naive = {(r.kind, r.size): r for r in rows if r.pipeline == "naive"}
+    monai = {(r.kind, r.size): r for r in rows if r.pipeline == "monai"}
     lines = [
         "| kind | pipeline | workers | size | items | frames | s | items/s | MB/s | frames/s "
-        "| x naive items/s | x naive frames/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| x naive items/s | x naive frames/s | x monai items/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        base = naive.get((r.kind, r.size))
-        item_ratio = f"{(r.items / r.seconds) / (base.items / base.seconds):.2f}" if base else "-"
-        frame_ratio = f"{(r.frames / r.seconds) / (base.frames / base.seconds):.2f}" if base and r.frames else "-"
+        base, other = naive.get((r.kind, r.size)), monai.get((r.kind, r.size))
         lines.append(
             f"| {r.kind} | {r.pipeline} | {r.workers} | {r.size or '-'} | {r.items} | {r.frames or '-'} "
             f"| {r.seconds:.2f} | {r.items / r.seconds:.1f} | {r.mb / r.seconds:.1f} "
-            f"| {f'{r.frames / r.seconds:.0f}' if r.frames else '-'} | {item_ratio} | {frame_ratio} |"
+            f"| {f'{r.frames / r.seconds:.0f}' if r.frames else '-'} | {_ratio(r, base)} | {_ratio(r, base, True)} "
+            f"| {_ratio(r, other)} |"
         )
     return "\n".join(lines)
 
 
 NOTES = """\
-- MB/s is input bytes on disk per second. Ratios compare with `naive` at the same size (`x naive` > 1: m3ret faster).
+- MB/s is input bytes on disk per second. `x naive` / `x monai`: items/s over that pipeline's at the same size
+  (> 1: faster). `m3ret read+frames` vs `monai` is the like-for-like pair: both serial in this process, one core
+  (torch 1 thread), same files, same kept slices (every `slice_stride`-th), same output size, frames in memory.
+  `m3ret preprocess` is the whole stage (plus shards written to disk, frames table) with 1 or 2 worker processes:
+  its `x monai` with 2 workers is 2 cores against MONAI's 1.
 - Frame counts differ by design: m3ret keeps at most `max_slices_per_plane` (64) evenly spaced non-blank slices
-  per volume and decodes only the `num_frames` (16) sampled video frames; naive resizes every slice and decodes every
-  video frame before keeping 16. Compare frames/s for work per output frame, items/s for the stage as a whole.
-- m3ret also windows (CT preset / percentiles), letterboxes keeping the aspect ratio, writes 3-channel frames and
-  writes shards to disk; naive keeps 1-channel (grey) frames squashed to a square in memory.
+  per volume and decodes only the `num_frames` (16) sampled video frames; naive resizes every `slice_stride`-th
+  slice and decodes every video frame before keeping 16. Compare frames/s for work per output frame, items/s for the
+  stage as a whole.
+- m3ret also windows (CT preset / percentiles), letterboxes keeping the aspect ratio, writes 3-channel frames;
+  naive and MONAI keep 1-channel (grey) frames squashed to a square in memory.
 - `workers` 2 can only beat 1 when the second core is idle: read the load average printed above the table.
 - `m3ret ingest` (cold cache: sha256 + one full check decode per item) runs once before preprocess; it has no size."""
 
@@ -317,22 +331,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="frame sizes (default 64 224; --quick: 64)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--runs", type=int, default=2, help="runs per configuration; the fastest is kept")
+    parser.add_argument("--slice-stride", type=int, default=2, help="every n-th slice of a volume (default 2)")
+    parser.add_argument("--no-monai", action="store_true", help="leave out the MONAI baseline")
+    parser.add_argument("--memory", action="store_true", help="also the peak memory of a 512x512x600 CT series")
+    parser.add_argument(
+        "--memory-code", nargs="+", type=Path, default=[], help="other m3ret checkouts to measure memory with (before)"
+    )
+    parser.add_argument("--memory-only", action="store_true", help="only the memory measurement")
     args = parser.parse_args(argv)
     spec = QUICK if args.quick else FULL
     sizes = args.sizes or ([64] if args.quick else [64, 224])
+    if not args.no_monai:
+        import torch
+
+        torch.set_num_threads(1)  # m3ret's readers use one core per process; so does the MONAI loop
 
     print(machine_facts())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="m3ret-bench-") as tmp:
-        folders = build_corpus(Path(tmp) / "corpus", spec)
-        print(f"corpus ({'quick' if args.quick else 'full'}) written in {time.perf_counter() - started:.1f} s: {spec}")
-        rows: list[Row] = []
-        for kind in args.kinds:
-            rows += bench_kind(kind, folders[kind], Path(tmp) / "work", sizes, args.workers, args.runs)
-    print()
-    print(table(rows))
-    print()
-    print(NOTES)
+        if not args.memory_only:
+            folders = build_corpus(Path(tmp) / "corpus", spec)
+            print(
+                f"corpus ({'quick' if args.quick else 'full'}) written in {time.perf_counter() - started:.1f} s: {spec}"
+            )
+            rows: list[Row] = []
+            for kind in args.kinds:
+                work = Path(tmp) / "work"
+                rows += bench_kind(
+                    kind, folders[kind], work, sizes, args.workers, args.runs, args.slice_stride, not args.no_monai
+                )
+            print()
+            print(table(rows))
+            print()
+            print(NOTES)
+        if args.memory or args.memory_only:
+            series = write_big_series(Path(tmp) / "big-ct")
+            print()
+            mem = [measure(series, "m3ret", sizes[0], args.slice_stride, code) for code in args.memory_code]
+            mem.append(measure(series, "m3ret", sizes[0], args.slice_stride))
+            if not args.no_monai:
+                mem.append(measure(series, "monai", sizes[0], args.slice_stride))
+            print(memory_table(mem))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; at the end: {_load()}")
 
 

@@ -23,6 +23,31 @@ def functional(ds: Dataset, frame: int, keyword: str, sequence: str) -> Any:
     return None
 
 
+def _raw_decimals(ds: Dataset, keyword: str) -> np.ndarray | None:
+    """A top-level DS value (ImagePositionPatient, ImageOrientationPatient) parsed straight from the element's bytes
+    while pydicom has not converted it yet (building its DSfloat objects costs more than the rest of the slice's
+    geometry); None when absent, already converted, or not plain decimal text (then pydicom's value is used)."""
+    if keyword not in ds:
+        return None
+    raw = ds.get_item(keyword)
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes) or not getattr(raw, "is_raw", False):
+        return None
+    try:
+        return np.array([float(part) for part in value.rstrip(b" \x00").split(b"\\")], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _frame_vector(ds: Dataset, frame: int, keyword: str, sequence: str) -> np.ndarray | None:
+    """`functional(ds, frame, keyword, sequence)` as float64, from the raw bytes when it is a top-level element."""
+    fast = _raw_decimals(ds, keyword)
+    if fast is not None:
+        return fast
+    value = functional(ds, frame, keyword, sequence)
+    return None if value is None else np.asarray(value, dtype=np.float64)
+
+
 def slice_order(headers: list[Dataset], frames: list[int]) -> tuple[list[tuple[int, int]], np.ndarray | None]:
     """(file index, frame index) of every output frame in order, and the sorted slice positions when known."""
     video = str(headers[0].get("Modality", "")) in VIDEO_MODALITIES
@@ -33,12 +58,12 @@ def slice_order(headers: list[Dataset], frames: list[int]) -> tuple[list[tuple[i
         instance = int(ds.get("InstanceNumber") or 0)
         for k in range(n):
             records.append((f, k, instance))
-            position = None if video else functional(ds, k, "ImagePositionPatient", "PlanePositionSequence")
-            positions.append(None if position is None else np.asarray(position, dtype=np.float64))
-            cosines = functional(ds, k, "ImageOrientationPatient", "PlaneOrientationSequence")
-            if normal is None and cosines is not None and len(cosines) == 6:
-                cosines = np.asarray(cosines, dtype=np.float64)
-                normal = np.cross(cosines[:3], cosines[3:])
+            position = None if video else _frame_vector(ds, k, "ImagePositionPatient", "PlanePositionSequence")
+            positions.append(position)
+            if normal is None:
+                cosines = _frame_vector(ds, k, "ImageOrientationPatient", "PlaneOrientationSequence")
+                if cosines is not None and len(cosines) == 6:
+                    normal = np.cross(cosines[:3], cosines[3:])
     if normal is not None and all(p is not None and p.shape == (3,) for p in positions):
         projection = np.array([float(p @ normal) for p in positions])
         # Ties (same position: echoes, time points) keep InstanceNumber, then file and frame order.

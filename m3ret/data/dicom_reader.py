@@ -29,7 +29,7 @@ from pydicom.uid import (
 from m3ret.config import LimitsConfig, ReadConfig
 from m3ret.data.dicom_geometry import functional, slice_gaps, slice_order, slice_spacing
 from m3ret.data.dicom_meta import series_meta
-from m3ret.data.dicom_pixels import colour_full_scale, colour_to_uint8, grey_to_uint8
+from m3ret.data.dicom_pixels import colour_full_scale, colour_to_uint8, grey_to_uint8, native_pixels
 from m3ret.data.errors import DuplicateInputError, InputError, InputTooLargeError, PHIRiskError, UnreadableInputError
 
 # Elements larger than this (the pixel data) are read from the file only when used: one header parse per file.
@@ -37,7 +37,7 @@ DEFER_BYTES = 4096
 
 
 class _Series(NamedTuple):
-    values: np.ndarray  # float32 [T,H,W] modality values or [T,H,W,3] colour samples
+    values: np.ndarray  # int16 or float32 [T,H,W] modality values, or float32 [T,H,W,3] colour samples
     meta: dict[str, Any]
     ref: Dataset  # header of the first frame's file (after sorting)
 
@@ -78,7 +78,7 @@ def read_dicom_hu(paths: Sequence[Path], limits: LimitsConfig) -> tuple[np.ndarr
     VIDEO_MODALITIES keep their stored order. Dimensions are checked against `limits` before decoding.
     """
     series = _load(paths, limits)
-    return series.values, series.meta
+    return series.values.astype(np.float32, copy=False), series.meta
 
 
 def read_dicom(paths: Sequence[Path], cfg: ReadConfig) -> tuple[np.ndarray, dict]:
@@ -155,12 +155,15 @@ def _check(path: Path, ds: Dataset, limits: LimitsConfig) -> int:
 
 # ----------------------------------------------------------------------------------------------- decoding
 def _decode(path: Path, ds: Dataset, n_frames: int) -> np.ndarray:
-    """Pixel data of one file -> float32 [F,H,W] modality values or [F,H,W,3] RGB."""
+    """Pixel data of one file -> [F,H,W] modality values (integers when stored values and rescale are integers, else
+    float32) or float32 [F,H,W,3] RGB."""
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     try:
         # The deferred pixel data is read now, without parsing the header again; a deflated dataset was inflated in
         # memory, so it is read whole. YBR_FULL/YBR_FULL_422 come out as RGB; JPEG 2000 ICT/RCT are undone.
-        arr = pixel_array(dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else ds)
+        arr = native_pixels(ds, n_frames)
+        if arr is None:
+            arr = pixel_array(dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else ds)
     except Exception as err:  # codec missing, truncated or corrupt stream: pydicom's message names the cause
         raise UnreadableInputError(path, f"pixel data cannot be decoded ({syntax.name or syntax}): {err}") from err
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -171,13 +174,28 @@ def _decode(path: Path, ds: Dataset, n_frames: int) -> np.ndarray:
             arr = apply_color_lut(arr, ds)[..., :3]
         elif channels == 1:
             arr = _modality_lut(arr.reshape(shape), ds)
+            if arr.dtype.kind in "iu":
+                return arr.reshape(shape)
         return arr.reshape(shape).astype(np.float32, copy=False)
     except Exception as err:
         raise UnreadableInputError(path, f"cannot apply the {photometric or 'modality'} LUT: {err}") from err
 
 
 def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """[F,H,W] stored values -> modality values; enhanced objects keep their rescale in functional groups."""
+    """[F,H,W] stored values -> modality values; enhanced objects keep their rescale in functional groups.
+
+    An integer slope and intercept on integer stored values (CT's 1 and -1024) are applied in int32 / int64: the
+    same values as pydicom's float64 arithmetic, without the float64 copy."""
+    if not ds.get("ModalityLUTSequence") and "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        if arr.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer():
+            # int32 holds any 16-bit stored value times a slope and plus an intercept below 2**15
+            small = arr.dtype.itemsize <= 2 and abs(slope) < 2**15 and abs(intercept) < 2**15
+            out = arr.astype(np.int32 if small else np.int64)
+            if slope != 1:
+                out *= int(slope)
+            out += int(intercept)
+            return out
     if ds.get("ModalityLUTSequence") or ("RescaleSlope" in ds and "RescaleIntercept" in ds):
         return apply_modality_lut(arr, ds)
     slopes, intercepts = [], []
@@ -188,6 +206,20 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         return arr
     slope = np.asarray(slopes, dtype=np.float32)[:, None, None]
     return arr * slope + np.asarray(intercepts, dtype=np.float32)[:, None, None]
+
+
+def _store(values: np.ndarray, rows: list[int], decoded: np.ndarray) -> np.ndarray:
+    """Put one member's decoded frames at `rows` of the series array; an int16 series (the common CT/MR case, half
+    the memory of float32) becomes float32 first when these values are fractional or do not fit int16."""
+    fits = decoded.dtype in (np.int8, np.uint8, np.int16)
+    if (
+        values.dtype == np.int16
+        and not fits
+        and (decoded.dtype.kind == "f" or decoded.size and (decoded.min() < -(2**15) or decoded.max() >= 2**15))
+    ):
+        values = values.astype(np.float32)
+    values[rows] = decoded
+    return values
 
 
 def _load(paths: Sequence[Path], limits: LimitsConfig) -> _Series:
@@ -262,7 +294,10 @@ def _assemble(files: list[Path], limits: LimitsConfig) -> _Series:
     order, positions = slice_order([m.ds for m in members], [m.frames for m in members])
     # Destination of each (member, frame): decoding then fills the output member by member.
     destination = {source: t for t, source in enumerate(order)}
-    values = np.empty((total, rows, cols) + ((3,) if channels == 3 else ()), dtype=np.float32)
+    # grey series are held as int16 until a member needs more (see _store): the series' one full-size copy
+    values = np.empty(
+        (total, rows, cols) + ((3,) if channels == 3 else ()), dtype=np.int16 if channels == 1 else np.float32
+    )
     decoded = np.ones(total, dtype=bool)
     instances: dict[str, Path] = {}
     for f, m in enumerate(members):
@@ -271,7 +306,7 @@ def _assemble(files: list[Path], limits: LimitsConfig) -> _Series:
         try:
             if sop in instances:
                 raise DuplicateInputError(m.path, f"duplicate instance: same SOPInstanceUID as {instances[sop].name}")
-            values[rows_of_member] = _decode(m.path, m.ds, m.frames)
+            values = _store(values, rows_of_member, _decode(m.path, m.ds, m.frames))
             if sop:
                 instances[sop] = m.path
         except InputError as err:

@@ -12,6 +12,7 @@ left = patient left, the neurological convention, which is what canonical RAS gi
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
 import zlib
@@ -26,7 +27,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from m3ret.config import LimitsConfig, ReadConfig
 from m3ret.data.errors import InputTooLargeError, UnreadableInputError, UnsupportedInputError
-from m3ret.data.intensity import center_width_to_range, percentile_range, window_to_uint8
+from m3ret.data.intensity import center_width_to_range, percentile_values, window_to_uint8
 
 # "looks like HU": air and lung below -500, bone or contrast above 300 (MR and PET never go negative like this)
 _HU_LOW_PCT, _HU_HIGH_PCT = 1.0, 99.0
@@ -63,17 +64,20 @@ def read_nifti(path: Path, cfg: ReadConfig) -> tuple[np.ndarray, dict]:
         n_x, n_y, n_z, n_vol = _canonical_dims(path, img, shape)
         _check_limits(path, (n_x, n_y, n_z, n_vol), cfg.limits)
         try:
-            data, canonical = _load_canonical(img, shape)
+            raw, data, canonical = _load_canonical(img, shape)
         except _LOAD_ERRORS as err:
             raise UnreadableInputError(path, f"voxel data unreadable (truncated or corrupt?): {err}") from err
 
-    low_pct, high_pct = percentile_range(data, (_HU_LOW_PCT, _HU_HIGH_PCT))
+    # HU detection and the percentile window from one strided sample of the voxels in storage order
+    qs = (_HU_LOW_PCT, _HU_HIGH_PCT, *cfg.windowing.percentiles)
+    found = percentile_values(raw, qs)
+    low_pct, high_pct, *window = found if found is not None else (0.0, 0.0, 0.0, 1.0)
     is_ct = low_pct < _HU_LOW_MAX and high_pct > _HU_HIGH_MIN
     if is_ct:
         low, high = center_width_to_range(*cfg.windowing.presets[cfg.windowing.ct_preset])
     else:
-        low, high = percentile_range(data, cfg.windowing.percentiles)
-    np.nan_to_num(data, copy=False, nan=low, posinf=high, neginf=low)
+        low, high = float(window[0]), float(window[1])
+    # non-finite voxels: window_to_uint8 maps NaN and -inf to 0 and +inf to 255 (as nan_to_num to low/high would)
 
     # (X, Y, Z, V) -> (V, Z, Y, X) -> (V*Z, Y, X); flipping Y puts anterior (largest Y in RAS) on row 0
     volumes = data.reshape(n_x, n_y, n_z, n_vol).transpose(3, 2, 1, 0).reshape(n_vol * n_z, n_y, n_x)
@@ -109,10 +113,23 @@ def read_nifti(path: Path, cfg: ReadConfig) -> tuple[np.ndarray, dict]:
 
 
 def _open(path: Path):
-    """The file as a binary stream, gunzipped when its content (not its name) says gzip."""
+    """The file as a binary stream, gunzipped when its content (not its name) says gzip.
+
+    A gzip file is inflated in one call (zlib's one-shot inflate; faster than reading the gzip stream in 8 kB
+    steps); a truncated one yields the bytes it holds, so the voxel read fails as it would on the stream. A corrupt
+    or multi-member stream falls back to the gzip module's stream."""
     with path.open("rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped else path.open("rb")
+        if fh.read(2) != b"\x1f\x8b":
+            return path.open("rb")
+    raw = path.read_bytes()
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        data = inflater.decompress(raw)
+    except zlib.error:
+        return gzip.open(path, "rb")
+    if inflater.unused_data:
+        return gzip.open(path, "rb")
+    return io.BytesIO(data)
 
 
 def _load_header(path: Path, fh) -> nib.Nifti1Image:
@@ -163,8 +180,9 @@ def _check_limits(path: Path, dims: tuple[int, int, int, int], limits: LimitsCon
         raise InputTooLargeError(path, f"{n_x * n_y * n_z * n_vol} voxels > max_voxels {limits.max_voxels}")
 
 
-def _load_canonical(img: nib.Nifti1Image, shape: tuple[int, ...]) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Voxels as float32 in canonical RAS+ order (X, Y, Z, ...), and the canonical image (for affine and zooms).
+def _load_canonical(img: nib.Nifti1Image, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
+    """The float32 voxels as stored (contiguous), the same voxels in canonical RAS+ order (X, Y, Z, ...; a view),
+    and the canonical image (for affine and zooms).
 
     The voxels are read once as float32 and wrapped in an in-memory image, so the reorientation is a view of
     them rather than a second (float64) copy; a 2D NIfTI gets a one-slice Z axis, which as_closest_canonical needs.
@@ -172,4 +190,4 @@ def _load_canonical(img: nib.Nifti1Image, shape: tuple[int, ...]) -> tuple[np.nd
     data = img.get_fdata(dtype=np.float32)
     data = data.reshape(shape + (1,) * (3 - len(shape)))
     canonical = nib.as_closest_canonical(img.__class__(data, img.affine, img.header))
-    return np.asarray(canonical.dataobj), canonical
+    return data, np.asarray(canonical.dataobj), canonical

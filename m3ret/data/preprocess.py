@@ -24,6 +24,7 @@ from m3ret.data.resize import letterbox
 
 # a slice whose grey levels vary less than this (std, 0..255) is background: air around a body, padding slices
 BLANK_STD = 2.0
+_STD_CHUNK_VALUES = 1 << 21
 # preprocess keys that change speed or location only, never the frames a model sees
 SPEED_ONLY = ("workers", "shard_frames", "out")
 
@@ -62,7 +63,10 @@ def _select_slices(slices: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Indices kept: every `slice_stride`-th non-blank slice, evenly thinned to `max_slices_per_plane`."""
     index = np.arange(0, len(slices), cfg.slice_stride)
     if cfg.drop_blank_slices and len(index) > 1:
-        spread = slices[index].reshape(len(index), -1).std(axis=1)
+        # a few slices at a time: std works in float64, 8x a whole uint8 volume at once (a 512x512x600 CT: 600 MB)
+        step = max(1, _STD_CHUNK_VALUES // max(1, slices[0].size))
+        chunks = [index[i : i + step] for i in range(0, len(index), step)]
+        spread = np.concatenate([slices[c].reshape(len(c), -1).std(axis=1) for c in chunks])
         kept = index[spread >= BLANK_STD]
         index = kept if len(kept) else index[[len(index) // 2]]
     if len(index) > cfg.max_slices_per_plane:

@@ -144,3 +144,19 @@ def test_npz_entries_are_read_on_the_one_reader_path_and_each_subset_decompresse
     expected, _ = item_frames(*medmnist_reader.read_medmnist_entry(cube, "test:2"), prep)
     ids = frames.frame_id[frames.item_id == row.item_id].to_numpy()
     np.testing.assert_array_equal(FrameStore(tmp_path / "frames").get(ids), expected)
+
+
+def test_blank_slices_judged_a_few_slices_at_a_time(monkeypatch):
+    """Slab-wise std (no float64 copy of the whole volume) keeps exactly the slices one std over all would."""
+    from m3ret.data import preprocess as stage
+
+    rng = np.random.default_rng(3)
+    volume = rng.integers(0, 256, (40, 9, 11, 1), dtype=np.uint8)
+    volume[::3] = 7  # blank slices
+    volume[1] = 7
+    volume[1, 0, :3] = 12  # nearly blank: std below BLANK_STD
+    cfg = PreprocessConfig(slice_stride=1, max_slices_per_plane=64)
+    index = np.arange(len(volume))
+    whole = index[volume.reshape(len(volume), -1).std(axis=1) >= stage.BLANK_STD]
+    monkeypatch.setattr(stage, "_STD_CHUNK_VALUES", 250)  # 2 slices per slab, the last one short
+    np.testing.assert_array_equal(stage._select_slices(volume, cfg), whole)
