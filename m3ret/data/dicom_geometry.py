@@ -23,27 +23,8 @@ def functional(ds: Dataset, frame: int, keyword: str, sequence: str) -> Any:
     return None
 
 
-def _raw_decimals(ds: Dataset, keyword: str) -> np.ndarray | None:
-    """A top-level DS value (ImagePositionPatient, ImageOrientationPatient) parsed straight from the element's bytes
-    while pydicom has not converted it yet (building its DSfloat objects costs more than the rest of the slice's
-    geometry); None when absent, already converted, or not plain decimal text (then pydicom's value is used)."""
-    if keyword not in ds:
-        return None
-    raw = ds.get_item(keyword)
-    value = getattr(raw, "value", None)
-    if not isinstance(value, bytes) or not getattr(raw, "is_raw", False):
-        return None
-    try:
-        return np.array([float(part) for part in value.rstrip(b" \x00").split(b"\\")], dtype=np.float64)
-    except ValueError:
-        return None
-
-
 def _frame_vector(ds: Dataset, frame: int, keyword: str, sequence: str) -> np.ndarray | None:
-    """`functional(ds, frame, keyword, sequence)` as float64, from the raw bytes when it is a top-level element."""
-    fast = _raw_decimals(ds, keyword)
-    if fast is not None:
-        return fast
+    """`functional(ds, frame, keyword, sequence)` as float64."""
     value = functional(ds, frame, keyword, sequence)
     return None if value is None else np.asarray(value, dtype=np.float64)
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from m3ret.config import WindowingConfig
 from m3ret.data.intensity import center_width_to_range, percentile_range, window_to_uint8
-
-_NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
 
 def colour_full_scale(ds: Dataset) -> float:
@@ -84,27 +81,3 @@ def _header_voi_to_uint8(values: np.ndarray, ref: Dataset) -> np.ndarray | None:
         # A malformed VOI module (width < 1, unsupported LUT depth) is not worth losing the item over.
         return None
     return out
-
-
-def native_pixels(ds: Dataset, n_frames: int) -> np.ndarray | None:
-    """Uncompressed little-endian grey pixel data at full bit depth -> [F,H,W] stored values (a view of the bytes),
-    exactly what pydicom's native decoder returns for it; None for anything else (compressed, big-endian, colour,
-    BitsStored < BitsAllocated, short data), which pydicom decodes.
-
-    pydicom's decoder sets up per-file options that cost more than the copy itself for one CT slice.
-    """
-    if ds.file_meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
-        return None
-    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
-    signed = ds.get("PixelRepresentation")
-    if bits not in (8, 16, 32) or stored != bits or signed not in (0, 1) or int(ds.get("SamplesPerPixel") or 1) != 1:
-        return None
-    if str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
-        return None
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    count = n_frames * rows * cols
-    data = ds.PixelData
-    if len(data) < count * dtype.itemsize:
-        return None  # truncated: pydicom's error message names the cause
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(n_frames, rows, cols)

@@ -29,7 +29,7 @@ from pydicom.uid import (
 from m3ret.config import LimitsConfig, ReadConfig
 from m3ret.data.dicom_geometry import functional, slice_gaps, slice_order, slice_spacing
 from m3ret.data.dicom_meta import series_meta
-from m3ret.data.dicom_pixels import colour_full_scale, colour_to_uint8, grey_to_uint8, native_pixels
+from m3ret.data.dicom_pixels import colour_full_scale, colour_to_uint8, grey_to_uint8
 from m3ret.data.errors import DuplicateInputError, InputError, InputTooLargeError, PHIRiskError, UnreadableInputError
 
 # Elements larger than this (the pixel data) are read from the file only when used: one header parse per file.
@@ -161,9 +161,7 @@ def _decode(path: Path, ds: Dataset, n_frames: int) -> np.ndarray:
     try:
         # The deferred pixel data is read now, without parsing the header again; a deflated dataset was inflated in
         # memory, so it is read whole. YBR_FULL/YBR_FULL_422 come out as RGB; JPEG 2000 ICT/RCT are undone.
-        arr = native_pixels(ds, n_frames)
-        if arr is None:
-            arr = pixel_array(dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else ds)
+        arr = pixel_array(dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else ds)
     except Exception as err:  # codec missing, truncated or corrupt stream: pydicom's message names the cause
         raise UnreadableInputError(path, f"pixel data cannot be decoded ({syntax.name or syntax}): {err}") from err
     photometric = str(ds.get("PhotometricInterpretation", ""))
