@@ -38,11 +38,14 @@ def import_encoder(encoder_path: Path, params: Params, name: str = "m3ret-encode
     return str(model.tag)
 
 
-def load_imported(tag: str) -> tuple[Encoder, ReadConfig, PreprocessConfig, str]:
-    """(encoder in eval mode on CPU, its read section, its preprocess section, its model version) from the store."""
-    model = bentoml.models.get(tag)
-    meta = model.info.metadata
-    encoder = load_encoder(model.path_of(ENCODER_FILE))
+def imported_settings(tag: str) -> tuple[ReadConfig, PreprocessConfig, str]:
+    """(the read section, the preprocess section, the model version) an imported model's queries need."""
+    meta = bentoml.models.get(tag).info.metadata
     read = from_dict(ReadConfig, meta["read"], "read")
     preprocess = from_dict(PreprocessConfig, meta["preprocess"], "preprocess")
-    return encoder, read, preprocess, str(meta["model_version"])
+    return read, preprocess, str(meta["model_version"])
+
+
+def load_imported_encoder(tag: str) -> Encoder:
+    """The imported retrieval model (encoder + fitted readout) in eval mode on CPU."""
+    return load_encoder(bentoml.models.get(tag).path_of(ENCODER_FILE))

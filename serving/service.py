@@ -6,29 +6,29 @@ every params file honours (`m3ret.config.ENVIRONMENT`: M3RET_INDEX_URI, e.g. a `
 cluster URL, and M3RET_MILVUS_TOKEN).
 
 A query goes through the same reader, windowing, letterbox and encoder as the indexed items: the read and
-preprocess settings come with the imported model, not from the local params file. Forward passes go through one
-batchable API, so concurrent requests share them (BentoML adaptive batching).
+preprocess settings come with the imported model, not from the local params file. Forward passes run in the encoder
+service (serving/encoder_service.py, a `bentoml.depends` dependency, its own process), whose batchable API every
+request's frames share (BentoML adaptive batching); when it refuses work, the request is answered 503 with
+Retry-After and counted in `m3ret_shed_requests_total`.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import logging
 import os
 import re
-import secrets
 import tempfile
 import time
+from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
-from bentoml.validators import DType
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.responses import JSONResponse, Response
@@ -43,7 +43,8 @@ from m3ret.index.query import search_query
 from m3ret.index.schema import HIT_FIELDS
 from m3ret.index.vector_index import open_index
 from m3ret.models.query import Query, decode_query
-from serving.model_store import load_imported
+from serving.encoder_service import MODEL_TAG, Encoder
+from serving.model_store import imported_settings
 from serving.tokens import TokenStore, Verdict
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,14 @@ STEP_SECONDS = bentoml.metrics.Histogram(
     labelnames=["step"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-ENCODE_ATTEMPTS = 3
+# the encoder service refuses work beyond its batching budget (503) or its concurrency limit (429): load shed here
+OVERLOAD_CODES = (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS)
+RETRY_AFTER_S = 2
+SHED = bentoml.metrics.Counter(
+    name="m3ret_shed_requests",
+    documentation="Requests answered 503 because the encoder service refused or failed them",
+    labelnames=["reason"],
+)
 UPLOAD_ROUTES = ("/search", "/embed")
 # Open without a token: the probes (BentoML's and the page app's /health behind /healthz) and the page shell (HTML,
 # script, style: no data; it asks for the token). Everything else needs `Authorization: Bearer <token>`.
@@ -107,22 +115,18 @@ class _StepTimer:
 )
 @bentoml.asgi_app(page, path="/")
 class Retrieval:
-    encoder_model = bentoml.models.BentoModel(os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest"))
+    encoder_model = bentoml.models.BentoModel(MODEL_TAG)
+    # the forward passes: a service of its own, whose batchable API every request's frames share
+    encoder = bentoml.depends(Encoder)
 
     def __init__(self) -> None:
         params = load_params(os.environ.get("M3RET_PARAMS", "params.yaml"))
         index_cfg = params.index
         self.serve_cfg = params.serve
         self.tokens = TokenStore(params.serve.tokens_file)
-        # The service calls its own batchable `encode` through BentoML's in-process HTTP client, which sends
-        # BENTO_CLOUD_API_KEY as its bearer token: a secret of this process lets those calls through the check.
-        self.internal_token = secrets.token_urlsafe(32)
-        os.environ["BENTO_CLOUD_API_KEY"] = self.internal_token
         if not self.tokens.names():
             log.warning("no bearer tokens in %s: create one with `m3ret-serving token create NAME`", self.tokens.path)
-        self.encoder, self.read_cfg, self.preprocess_cfg, self.model_version = load_imported(
-            str(self.encoder_model.tag)
-        )
+        self.read_cfg, self.preprocess_cfg, self.model_version = imported_settings(str(self.encoder_model.tag))
         self.index = open_index(index_cfg)
         self.collection = self.index.collection_name(self.model_version)
         self.thumbnails: Thumbnails | None = None
@@ -142,12 +146,6 @@ class Retrieval:
             return False
 
     # ------------------------------------------------------------------------------------------ inference
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=256, max_latency_ms=30000)
-    def encode(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
-        """Model-ready frames uint8 [N, S, S, 3] -> L2-normalised float32 [N, D]. Concurrent callers' frames are
-        concatenated along N into one forward pass."""
-        return self.encoder.embed(frames).numpy()
-
     @bentoml.api(route="/search")
     async def search(self, file: Path, k: int = 10, modality: str = "", level: str = "series") -> dict[str, Any]:
         """Multipart `file` (+ `k`, `modality` ("" = any), `level` series|frame) -> the k most similar rows."""
@@ -207,24 +205,17 @@ class Retrieval:
                 log.exception("decoding an upload failed")
                 return _error(422, f"cannot decode the file: unexpected {type(err).__name__}")
         try:
-            vectors = await self._encode(frames)
-        except Exception as err:  # the batcher sheds load with 503 when its latency budget is exceeded
-            log.exception("encoding failed")
-            return _error(503, f"encoder unavailable: {type(err).__name__}")
+            vectors = np.asarray(await self.encoder.to_async.encode(frames), dtype=np.float32)
+        except BentoMLException as err:
+            overloaded = err.error_code in OVERLOAD_CODES
+            SHED.labels(reason="overload" if overloaded else "encoder error").inc()
+            if not overloaded:
+                log.exception("the encoder service failed")
+            response = _error(503, "the encoder is at capacity: retry shortly" if overloaded else f"encoder: {err}")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
         timer.done("encode")
         return Query.from_frame_vectors(frames, vectors, meta), timer
-
-    async def _encode(self, frames: np.ndarray) -> np.ndarray:
-        """Frames through the batchable `encode` API (BentoML's in-process proxy to this service), so concurrent
-        requests share forward passes. Under load that proxy's ASGI connector sometimes drops a finished response
-        (aiohttp ServerDisconnectedError, seen with 16 concurrent requests); encoding is a pure function, so the
-        call is repeated."""
-        for _ in range(ENCODE_ATTEMPTS - 1):
-            try:
-                return np.asarray(await self.to_async.encode(frames), dtype=np.float32)
-            except aiohttp.ServerDisconnectedError:
-                log.warning("encode proxy dropped a response; repeating the call")
-        return np.asarray(await self.to_async.encode(frames), dtype=np.float32)
 
     def _decode(self, upload: Path, work: Path) -> tuple[np.ndarray, dict]:
         """The upload unpacked, decoded and preprocessed like indexed items -> (frames [T, S, S, 3], meta)."""
@@ -299,13 +290,6 @@ class _UploadLimit:
         await self.app(scope, receive, send)
 
 
-def _verdict(token: str) -> Verdict:
-    service = bentoml.get_current_service()
-    if hmac.compare_digest(token, service.internal_token):
-        return Verdict.VALID
-    return service.tokens.check(token)
-
-
 class _BearerAuth:
     """Every route except PUBLIC_ROUTES / PUBLIC_PREFIXES (and /metrics with `serve.public_metrics`) needs a valid
     bearer token: 401 without one or with an unknown one, 403 with a revoked one. The token is never logged."""
@@ -317,7 +301,8 @@ class _BearerAuth:
         if scope["type"] == "http" and not self._public(scope["path"]):
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             scheme, _, token = header.partition(" ")
-            verdict = _verdict(token.strip()) if scheme.lower() == "bearer" else None
+            tokens = bentoml.get_current_service().tokens
+            verdict = tokens.check(token.strip()) if scheme.lower() == "bearer" else None
             if verdict is not Verdict.VALID:
                 revoked = verdict is Verdict.REVOKED
                 reason = "this token was revoked" if revoked else "a valid bearer token is required"
