@@ -184,18 +184,19 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 
     An integer slope and intercept on integer stored values (CT's 1 and -1024) are applied in int32 / int64: the
     same values as pydicom's float64 arithmetic, without the float64 copy."""
-    if not ds.get("ModalityLUTSequence") and "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        if arr.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer():
-            # int32 holds any 16-bit stored value times a slope and plus an intercept below 2**15
-            small = arr.dtype.itemsize <= 2 and abs(slope) < 2**15 and abs(intercept) < 2**15
-            out = arr.astype(np.int32 if small else np.int64)
-            if slope != 1:
-                out *= int(slope)
-            out += int(intercept)
-            return out
-    if ds.get("ModalityLUTSequence") or ("RescaleSlope" in ds and "RescaleIntercept" in ds):
+    if ds.get("ModalityLUTSequence"):
         return apply_modality_lut(arr, ds)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        if not (arr.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer()):
+            return apply_modality_lut(arr, ds)
+        # int32 holds any 16-bit stored value times a slope and plus an intercept below 2**15
+        small = arr.dtype.itemsize <= 2 and abs(slope) < 2**15 and abs(intercept) < 2**15
+        out = arr.astype(np.int32 if small else np.int64)
+        if slope != 1:
+            out *= int(slope)
+        out += int(intercept)
+        return out
     slopes, intercepts = [], []
     for k in range(arr.shape[0]):
         slopes.append(functional(ds, k, "RescaleSlope", "PixelValueTransformationSequence"))

@@ -110,12 +110,12 @@ class FrameStore:
 
 
 class FrameBatches(Dataset):
-    """A torch Dataset indexed by a batch of positions (into `frames`, default every stored frame): one vectorised
-    store read -> uint8 [B, S, S, 3]. Each DataLoader worker memory-maps the shards itself."""
+    """A torch Dataset indexed by a batch of positions into `frames` (frame ids of the store at `root`): one
+    vectorised store read -> uint8 [B, S, S, 3]. Each DataLoader worker memory-maps the shards itself."""
 
-    def __init__(self, root: str | Path, frames: np.ndarray | None = None) -> None:
+    def __init__(self, root: str | Path, frames: np.ndarray) -> None:
         self.root = Path(root)
-        self.frames = np.arange(len(FrameStore(self.root))) if frames is None else np.asarray(frames)
+        self.frames = np.asarray(frames)
         self._store: FrameStore | None = None
 
     def __len__(self) -> int:

@@ -64,14 +64,15 @@ class EmbeddingSet:
         (root / EMBED_INFO).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return summary
 
+    @staticmethod
+    def load_items(root: str | Path) -> tuple[str, pd.DataFrame, np.ndarray]:
+        """(model version, items, item vectors float32 [M, D]) of a folder, without reading its frame level."""
+        root = Path(root)
+        version = json.loads((root / EMBED_INFO).read_text())["model_version"]
+        return version, pd.read_parquet(root / ITEMS_META), np.load(root / ITEM_VECTORS)
+
     @classmethod
     def load(cls, root: str | Path) -> EmbeddingSet:
-        root = Path(root)
-        info = json.loads((root / EMBED_INFO).read_text())
-        return cls(
-            model_version=info["model_version"],
-            frame_vectors=np.load(root / FRAME_VECTORS),
-            frames=pd.read_parquet(root / FRAMES_META),
-            item_vectors=np.load(root / ITEM_VECTORS),
-            items=pd.read_parquet(root / ITEMS_META),
-        )
+        version, items, item_vectors = cls.load_items(root)
+        frames = pd.read_parquet(Path(root) / FRAMES_META)
+        return cls(version, np.load(Path(root) / FRAME_VECTORS), frames, item_vectors, items)

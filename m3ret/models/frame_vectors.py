@@ -19,7 +19,8 @@ def pool_frames(encoder: Encoder, frames_dir: Path, n_frames: int, batch_size: i
     a progress bar (images/s). DataLoader `workers` read shards while the encoder runs."""
     out = torch.empty((n_frames, encoder.readout.pooled_dim), dtype=torch.float32)
     batches = BatchSampler(SequentialSampler(range(n_frames)), batch_size, drop_last=False)
-    loader = DataLoader(FrameBatches(frames_dir), sampler=batches, batch_size=None, num_workers=workers)
+    dataset = FrameBatches(frames_dir, np.arange(n_frames))
+    loader = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers)
     bar = tqdm(total=n_frames, desc="embed", unit="img", dynamic_ncols=True, mininterval=1.0)
     start = 0
     with bar:

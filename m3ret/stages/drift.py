@@ -44,22 +44,20 @@ def batch_drift(embed_dir: Path, batch_dir: Path, cfg: DriftConfig) -> dict[str,
     """Drift of a refresh batch's items (current) against the embed stage's items of `cfg.reference_splits`
     (reference), written to `cfg.out/<batch>`; the drift summary plus "batch" and "model_version". Raises ValueError
     when the two sides were embedded by different models (their vectors are not comparable)."""
-    reference, current = EmbeddingSet.load(embed_dir), EmbeddingSet.load(batch_dir)
-    if reference.model_version != current.model_version:
-        raise ValueError(
-            f"{batch_dir} holds model {current.model_version} vectors, {embed_dir} {reference.model_version}: "
-            "not comparable"
-        )
-    keep = reference.items["split"].isin(cfg.reference_splits).to_numpy()
+    ref_version, ref_items, reference = EmbeddingSet.load_items(embed_dir)
+    cur_version, cur_items, current = EmbeddingSet.load_items(batch_dir)
+    if ref_version != cur_version:
+        raise ValueError(f"{batch_dir} holds model {cur_version} vectors, {embed_dir} {ref_version}: not comparable")
+    keep = ref_items["split"].isin(cfg.reference_splits).to_numpy()
     summary = write_drift_report(
-        reference.item_vectors[keep],
-        reference.items["modality"].to_numpy()[keep],
-        current.item_vectors,
-        current.items["modality"].to_numpy(),
+        reference[keep],
+        ref_items["modality"].to_numpy()[keep],
+        current,
+        cur_items["modality"].to_numpy(),
         cfg,
         Path(cfg.out) / Path(batch_dir).name,
     )
-    return {**summary, "batch": Path(batch_dir).name, "model_version": reference.model_version}
+    return {**summary, "batch": Path(batch_dir).name, "model_version": ref_version}
 
 
 def run(params: Params) -> dict[str, Any]:
