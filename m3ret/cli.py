@@ -80,7 +80,7 @@ def cmd_index(params: Params, args: argparse.Namespace) -> None:
 
 def cmd_search(params: Params, args: argparse.Namespace) -> None:
     from m3ret.index.filters import SearchFilter
-    from m3ret.index.query import search_query
+    from m3ret.index.query import search_queries
     from m3ret.index.schema import HIT_FIELDS
     from m3ret.index.vector_index import open_index
     from m3ret.models.encoder import load_encoder
@@ -91,7 +91,7 @@ def cmd_search(params: Params, args: argparse.Namespace) -> None:
     query = embed_file(args.file, load_encoder(params.embed.model), params.read, params.preprocess)
     index = open_index(params.index)
     try:
-        hits = search_query(index, query, args.k, where)
+        [hits] = search_queries(index, [query], args.k, where)
     finally:
         index.close()
     results = [

@@ -2,7 +2,9 @@
 
 The retrieval service depends on it (`bentoml.depends`), as BentoML's model composition recommends: BentoML runs it
 as its own process and forms batches from every caller's frames (adaptive batching). A batch that cannot be formed
-within `max_latency_ms` is refused by BentoML, and the retrieval service answers that request 503 with Retry-After.
+within `serve.encoder_max_latency_ms` is refused by BentoML, and the retrieval service answers that request 503
+with Retry-After. BentoML reads the batching settings when this module is imported, so they come from the params file
+(M3RET_PARAMS, default `params.yaml`) at that moment.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType
 
+from m3ret.config import load_params
 from serving.model_store import load_imported_encoder
 
 MODEL_TAG = os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest")
-# an upload's frames: a volume's kept slices or a video's sampled frames, at most a few hundred
-MAX_BATCH_FRAMES = 512
-MAX_LATENCY_MS = 20_000
+SERVE = load_params(os.environ.get("M3RET_PARAMS", "params.yaml")).serve
 
 
 @bentoml.service(
     name="m3ret-encoder",
     # one worker: the forward pass uses every core through torch's threads; copies would only compete for them
     workers=1,
-    traffic={"timeout": 120, "max_concurrency": 128},
+    # no concurrency limit of its own: the retrieval service admits at most serve.max_in_flight requests, one call
+    # each; what cannot be batched in time is refused by the batching budget below
+    traffic={"timeout": 120},
     metrics={"enabled": True},
 )
 class Encoder:
@@ -35,7 +38,12 @@ class Encoder:
     def __init__(self) -> None:
         self.encoder = load_imported_encoder(str(self.model.tag))
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_FRAMES, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SERVE.encoder_max_batch_frames,
+        max_latency_ms=SERVE.encoder_max_latency_ms,
+    )
     def encode(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
         """Model-ready frames uint8 [N, S, S, 3] -> L2-normalised float32 [N, D]; concurrent callers' frames are
         concatenated along N into one forward pass."""

@@ -9,7 +9,8 @@ A query goes through the same reader, windowing, letterbox and encoder as the in
 preprocess settings come with the imported model, not from the local params file. Forward passes run in the encoder
 service (serving/encoder_service.py, a `bentoml.depends` dependency, its own process), whose batchable API every
 request's frames share (BentoML adaptive batching); when it refuses work, the request is answered 503 with
-Retry-After and counted in `m3ret_shed_requests_total`.
+Retry-After and counted in `m3ret_shed_requests_total` (serving/responses.py). The guards in front of the API
+(tokens, upload size, in-flight limit) are in serving/guards.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -37,15 +39,17 @@ from starlette.staticfiles import StaticFiles
 from m3ret.config import load_params
 from m3ret.data.errors import InputError, InputTooLargeError, UnreadableInputError
 from m3ret.data.thumbnails import Thumbnails, to_png
-from m3ret.data.upload import MB, unpack_upload
+from m3ret.data.upload import unpack_upload
 from m3ret.index.filters import FilterError, SearchFilter
-from m3ret.index.query import search_query
-from m3ret.index.schema import HIT_FIELDS
+from m3ret.index.query import search_queries
+from m3ret.index.schema import HIT_FIELDS, Hit
 from m3ret.index.vector_index import open_index
 from m3ret.models.query import Query, decode_query
 from serving.encoder_service import MODEL_TAG, Encoder
+from serving.guards import BearerAuth, HealthzRoute, InFlightLimit, UploadLimit
 from serving.model_store import imported_settings
-from serving.tokens import TokenStore, Verdict
+from serving.responses import error_response, shed_response
+from serving.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
@@ -55,41 +59,24 @@ STEP_SECONDS = bentoml.metrics.Histogram(
     labelnames=["step"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-# the encoder service refuses work beyond its batching budget (503) or its concurrency limit (429): load shed here
+# the encoder service refuses work it cannot batch within its latency budget (503; 429 from a concurrency limit)
 OVERLOAD_CODES = (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS)
-RETRY_AFTER_S = 2
-SHED = bentoml.metrics.Counter(
-    name="m3ret_shed_requests",
-    documentation="Requests answered 503 because the encoder service refused or failed them",
-    labelnames=["reason"],
-)
-UPLOAD_ROUTES = ("/search", "/embed")
-# Open without a token: the probes (BentoML's and the page app's /health behind /healthz) and the page shell (HTML,
-# script, style: no data; it asks for the token). Everything else needs `Authorization: Bearer <token>`.
-PUBLIC_ROUTES = ("/healthz", "/health", "/readyz", "/livez", "/")
-PUBLIC_PREFIXES = ("/static/",)
-# Multipart framing around the file; a body beyond the upload limit by more than this is refused unread.
-_FORM_OVERHEAD = 64 * 1024
 
 page = FastAPI(title="m3ret page", docs_url=None, redoc_url=None, openapi_url=None)
 page.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
 
-def _error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status)
-
-
-def _input_error(err: InputError, hide: tuple[str, ...]) -> JSONResponse:
+def _input_error(err: InputError, hide: tuple[str, ...]) -> _Refused:
     """A bad upload: 413 for anything beyond a limit, 415 for a kind m3ret does not read, 422 for a broken file.
     Decoders quote the file's path; the server's temporary folders (`hide`) are no business of the client."""
     reason = err.reason
     for folder in hide:
         reason = re.sub(re.escape(folder) + r"/?\S*", "<upload>", reason)
     if isinstance(err, InputTooLargeError):
-        return _error(413, reason)
+        return _Refused(413, reason)
     if isinstance(err, UnreadableInputError):
-        return _error(422, reason)
-    return _error(415, reason)
+        return _Refused(422, reason)
+    return _Refused(415, reason)
 
 
 class _StepTimer:
@@ -106,11 +93,20 @@ class _StepTimer:
         self._t = now
 
 
+@dataclass
+class _Refused:
+    """An upload the service will not search: its HTTP status and the reason for the client."""
+
+    status: int
+    reason: str
+
+
 @bentoml.service(
     name="m3ret-retrieval",
     # one worker: a Milvus Lite file admits one process, and the encoder is shared by batching, not by copies
     workers=1,
-    traffic={"timeout": 120, "max_concurrency": 64},
+    # no BentoML concurrency limit (its refusal is a bare 429): serve.max_in_flight sheds load with Retry-After
+    traffic={"timeout": 120},
     metrics={"enabled": True},
 )
 @bentoml.asgi_app(page, path="/")
@@ -147,44 +143,69 @@ class Retrieval:
 
     # ------------------------------------------------------------------------------------------ inference
     @bentoml.api(route="/search")
-    async def search(self, file: Path, k: int = 10, modality: str = "", level: str = "series") -> dict[str, Any]:
-        """Multipart `file` (+ `k`, `modality` ("" = any), `level` series|frame) -> the k most similar rows."""
+    async def search(
+        self,
+        # BentoML reads multipart files only into `Path` / `list[Path]` fields (not `Path | None`): absent is None / ()
+        file: Path = None,  # type: ignore[assignment]
+        files: list[Path] = (),  # type: ignore[assignment]
+        k: int = 10,
+        modality: str = "",
+        level: str = "series",
+    ) -> dict[str, Any]:
+        """Multipart `file` -> the k most similar rows; or several `files` -> one ranked list per file, in order
+        (`index`; a file that cannot be read gets its status and reason in its place). `k`, `modality` ("" = any) and
+        `level` (series|frame) apply to every file."""
+        uploads = [file] if file is not None else list(files)
+        if file is not None and files:
+            return error_response(400, "send one `file` or several `files`, not both")
+        if not uploads:
+            return error_response(400, "no file: send `file` (one) or `files` (several)")
+        if len(uploads) > self.serve_cfg.max_batch_files:
+            return error_response(400, f"{len(uploads)} files; at most {self.serve_cfg.max_batch_files} per request")
         if not 1 <= k <= self.serve_cfg.max_k:
-            return _error(400, f"k must be in 1..{self.serve_cfg.max_k}, got {k}")
+            return error_response(400, f"k must be in 1..{self.serve_cfg.max_k}, got {k}")
         try:
             where = SearchFilter(modality=(modality,) if modality else (), level=level)
             where.expression()
         except FilterError as err:
-            return _error(400, str(err))
-        result = await self._query(file)
-        if isinstance(result, Response):
-            return result
-        query, timer = result
-        hits = await anyio.to_thread.run_sync(search_query, self.index, query, k, where)
+            return error_response(400, str(err))
+        timer = _StepTimer()
+        queries = await self._queries(uploads, timer)
+        if isinstance(queries, Response):
+            return queries
+        found = [q for q in queries if isinstance(q, Query)]
+        hits = await anyio.to_thread.run_sync(search_queries, self.index, found, k, where)
         timer.done("search")
-        stale = {h.fields.get("model_version") for h in hits} - {self.model_version}
+        stale = {h.fields.get("model_version") for rows in hits for h in rows} - {self.model_version}
         if stale:
-            return _error(503, f"the index serves model {sorted(stale)}, this service embeds with {self.model_version}")
-        preview = to_png(query.preview(), self.serve_cfg.thumbnail_size)
+            reason = f"the index serves model {sorted(stale)}, this service embeds with {self.model_version}"
+            return error_response(503, reason)
+        ranked = iter(hits)
+        results = [self._ranked(q, next(ranked)) if isinstance(q, Query) else q for q in queries]
+        if file is not None:
+            [result] = results
+            if isinstance(result, _Refused):
+                return error_response(result.status, result.reason)
+            return {"model_version": self.model_version, **result, "timing_ms": timer.ms}
         return {
             "model_version": self.model_version,
-            "query": {
-                "kind": query.meta.get("kind", ""),
-                "modality": query.meta.get("modality", ""),
-                "n_frames": len(query.frames),
-                "preview_png": "data:image/png;base64," + base64.b64encode(preview).decode("ascii"),
-            },
-            "hits": [self._hit(rank, hit.score, hit.fields) for rank, hit in enumerate(hits, start=1)],
+            # in the order of the request's `files` (BentoML renames uploads: the position is what identifies them)
+            "results": [
+                {"index": i, **({"status": r.status, "error": r.reason} if isinstance(r, _Refused) else r)}
+                for i, r in enumerate(results)
+            ],
             "timing_ms": timer.ms,
         }
 
     @bentoml.api(route="/embed")
     async def embed(self, file: Path) -> dict[str, Any]:
         """Multipart `file` -> its series-level vector (mean of its frame vectors, renormalised)."""
-        result = await self._query(file)
-        if isinstance(result, Response):
-            return result
-        query, _timer = result
+        queries = await self._queries([file], _StepTimer())
+        if isinstance(queries, Response):
+            return queries
+        [query] = queries
+        if isinstance(query, _Refused):
+            return error_response(query.status, query.reason)
         return {
             "model_version": self.model_version,
             "dim": int(query.vector.shape[0]),
@@ -192,35 +213,66 @@ class Retrieval:
             "frame_vectors_shape": list(query.frame_vectors.shape),
         }
 
-    async def _query(self, upload: Path) -> tuple[Query, _StepTimer] | JSONResponse:
-        """Decode, preprocess and encode an upload; a bad upload becomes its 4xx response."""
-        timer = _StepTimer()
-        with tempfile.TemporaryDirectory(prefix="m3ret-upload-") as work:
-            try:
-                frames, meta = await anyio.to_thread.run_sync(self._decode, upload, Path(work))
-                timer.done("decode")
-            except InputError as err:
-                return _input_error(err, hide=(work, str(upload.parent)))
-            except Exception as err:  # a decoder failing on hostile bytes must not become a 500 or a dead worker
-                log.exception("decoding an upload failed")
-                return _error(422, f"cannot decode the file: unexpected {type(err).__name__}")
+    async def _queries(self, uploads: list[Path], timer: _StepTimer) -> list[Query | _Refused] | JSONResponse:
+        """Decode and preprocess each upload (concurrently), then encode every decoded file's frames in one call to
+        the encoder service. A bad upload is its _Refused; the encoder refusing or failing is the request's 503."""
+        decoded: dict[int, tuple[np.ndarray, dict] | _Refused] = {}
+
+        async def decode(i: int) -> None:
+            decoded[i] = await anyio.to_thread.run_sync(self._decode, uploads[i])
+
+        async with anyio.create_task_group() as group:
+            for i in range(len(uploads)):
+                group.start_soon(decode, i)
+        timer.done("decode")
+        outcomes = [decoded[i] for i in range(len(uploads))]
+        good = [d for d in outcomes if not isinstance(d, _Refused)]
+        if not good:
+            return outcomes
         try:
+            frames = np.concatenate([f for f, _meta in good])
             vectors = np.asarray(await self.encoder.to_async.encode(frames), dtype=np.float32)
         except BentoMLException as err:
-            overloaded = err.error_code in OVERLOAD_CODES
-            SHED.labels(reason="overload" if overloaded else "encoder error").inc()
-            if not overloaded:
-                log.exception("the encoder service failed")
-            response = _error(503, "the encoder is at capacity: retry shortly" if overloaded else f"encoder: {err}")
-            response.headers["Retry-After"] = str(RETRY_AFTER_S)
-            return response
+            if err.error_code in OVERLOAD_CODES:
+                return shed_response("encoder_budget", "the encoder is at capacity: retry shortly")
+            log.exception("the encoder service failed")
+            return shed_response("encoder_error", f"encoder: {err}")
         timer.done("encode")
-        return Query.from_frame_vectors(frames, vectors, meta), timer
+        per_file = iter(np.split(vectors, np.cumsum([len(f) for f, _meta in good])[:-1]))
+        queries: list[Query | _Refused] = []
+        for outcome in outcomes:
+            if isinstance(outcome, _Refused):
+                queries.append(outcome)
+            else:
+                frames_i, meta = outcome
+                queries.append(Query.from_frame_vectors(frames_i, next(per_file), meta))
+        return queries
 
-    def _decode(self, upload: Path, work: Path) -> tuple[np.ndarray, dict]:
-        """The upload unpacked, decoded and preprocessed like indexed items -> (frames [T, S, S, 3], meta)."""
-        path = unpack_upload(upload, upload.name, self.serve_cfg, work)
-        return decode_query(path, self.read_cfg, self.preprocess_cfg)
+    def _decode(self, upload: Path) -> tuple[np.ndarray, dict] | _Refused:
+        """The upload unpacked, decoded and preprocessed like indexed items -> (frames [T, S, S, 3], meta), or why
+        not. A decoder failing on hostile bytes becomes a 422, never a 500 or a dead worker."""
+        with tempfile.TemporaryDirectory(prefix="m3ret-upload-") as work:
+            try:
+                path = unpack_upload(upload, upload.name, self.serve_cfg, Path(work))
+                return decode_query(path, self.read_cfg, self.preprocess_cfg)
+            except InputError as err:
+                return _input_error(err, hide=(work, str(upload.parent)))
+            except Exception as err:
+                log.exception("decoding an upload failed")
+                return _Refused(422, f"cannot decode the file: unexpected {type(err).__name__}")
+
+    def _ranked(self, query: Query, hits: list[Hit]) -> dict[str, Any]:
+        """One file's answer: what the model saw of the query and its ranked hits."""
+        preview = to_png(query.preview(), self.serve_cfg.thumbnail_size)
+        return {
+            "query": {
+                "kind": query.meta.get("kind", ""),
+                "modality": query.meta.get("modality", ""),
+                "n_frames": len(query.frames),
+                "preview_png": "data:image/png;base64," + base64.b64encode(preview).decode("ascii"),
+            },
+            "hits": [self._hit(rank, hit.score, hit.fields) for rank, hit in enumerate(hits, start=1)],
+        }
 
     def _hit(self, rank: int, score: float, fields: dict[str, Any]) -> dict[str, Any]:
         hit: dict[str, Any] = {"rank": rank, "score": round(float(score), 6)}
@@ -239,16 +291,17 @@ class Retrieval:
     @page.get("/thumbnail/{item_id}")
     def thumbnail(self, item_id: str, frame: int | None = None) -> Response:
         if self.thumbnails is None:
-            return _error(404, "this service has no frame store for thumbnails")
+            return error_response(404, "this service has no frame store for thumbnails")
         try:
             png = self.thumbnails.png(item_id, frame)
         except KeyError as err:
-            return _error(404, str(err.args[0]))
+            return error_response(404, str(err.args[0]))
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @page.get("/health")
     def health(self) -> dict[str, Any]:
-        """Served at GET /healthz (see `_HealthzRoute`): the model, the collection behind the alias, its rows."""
+        """Served at GET /healthz (see serving/guards.HealthzRoute): the model, the collection behind the alias,
+        its rows."""
         current = self.index.current()
         return {
             "status": "ok" if current == self.collection else "not_ready",
@@ -259,66 +312,6 @@ class Retrieval:
         }
 
 
-class _HealthzRoute:
-    """BentoML's own GET /healthz (an alias of /livez) is matched before any mounted app; send it to the page app's
-    /health instead, which still answers 200 while the process lives, with the model and index facts."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/healthz":
-            scope = {**scope, "path": "/health", "raw_path": b"/health"}
-        await self.app(scope, receive, send)
-
-
-class _UploadLimit:
-    """Refuse a request body declared larger than serve.max_upload_mb with 413 before it is read; a body without
-    Content-Length is checked after saving by `unpack_upload`."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] in UPLOAD_ROUTES:
-            declared = dict(scope["headers"]).get(b"content-length", b"0")
-            limit_mb = bentoml.get_current_service().serve_cfg.max_upload_mb
-            if declared.isdigit() and int(declared) > limit_mb * MB + _FORM_OVERHEAD:
-                reason = f"upload is {int(declared) / MB:.1f} MB; the limit is {limit_mb} MB"
-                await _error(413, reason)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class _BearerAuth:
-    """Every route except PUBLIC_ROUTES / PUBLIC_PREFIXES (and /metrics with `serve.public_metrics`) needs a valid
-    bearer token: 401 without one or with an unknown one, 403 with a revoked one. The token is never logged."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not self._public(scope["path"]):
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            scheme, _, token = header.partition(" ")
-            tokens = bentoml.get_current_service().tokens
-            verdict = tokens.check(token.strip()) if scheme.lower() == "bearer" else None
-            if verdict is not Verdict.VALID:
-                revoked = verdict is Verdict.REVOKED
-                reason = "this token was revoked" if revoked else "a valid bearer token is required"
-                response = _error(403 if revoked else 401, reason)
-                response.headers["WWW-Authenticate"] = 'Bearer realm="m3ret"'
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    def _public(path: str) -> bool:
-        if path in PUBLIC_ROUTES or path.startswith(PUBLIC_PREFIXES):
-            return True
-        return path == "/metrics" and bentoml.get_current_service().serve_cfg.public_metrics
-
-
-Retrieval.add_asgi_middleware(_HealthzRoute)
-Retrieval.add_asgi_middleware(_UploadLimit)
-Retrieval.add_asgi_middleware(_BearerAuth)
+# outermost first: a request without a valid token is refused before its size is looked at or a slot is taken
+for _guard in (HealthzRoute, BearerAuth, UploadLimit, InFlightLimit):
+    Retrieval.add_asgi_middleware(_guard)

@@ -334,3 +334,10 @@ class ServeConfig(Section):
     # page shell needs one, `/metrics` too unless `public_metrics`
     tokens_file: str = "data/serve/tokens.json"
     public_metrics: bool = False
+    # load shedding: uploads in flight beyond this are answered 503 with Retry-After before they are read
+    max_in_flight: int = Field(32, ge=1)
+    max_batch_files: int = Field(16, ge=1)  # files in one POST /search (one ranked list each)
+    # the encoder service's adaptive batching: frames per forward pass, and how long a request may wait for its
+    # batch before the encoder refuses it (503 with Retry-After)
+    encoder_max_batch_frames: int = Field(512, ge=1)
+    encoder_max_latency_ms: int = Field(20_000, ge=1)

@@ -1,6 +1,10 @@
-"""A query's nearest rows: its series-level vector searched in the index."""
+"""Queries' nearest rows: their series-level vectors searched in the index."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
 
 from m3ret.index.filters import SearchFilter
 from m3ret.index.schema import HIT_FIELDS, Hit
@@ -12,7 +16,11 @@ from m3ret.models.query import Query
 QUERY_FIELDS = (*HIT_FIELDS, "model_version")
 
 
-def search_query(index: VectorIndex, query: Query, k: int, where: SearchFilter | None = None) -> list[Hit]:
-    """Top-k rows (their QUERY_FIELDS) for the query's series-level vector (the level filter decides whether frames
-    or series come back; for a 2D image the series vector is its frame vector)."""
-    return index.search(query.vector[None, :], k, where, fields=QUERY_FIELDS)[0]
+def search_queries(
+    index: VectorIndex, queries: Sequence[Query], k: int, where: SearchFilter | None = None
+) -> list[list[Hit]]:
+    """Top-k rows (their QUERY_FIELDS) per query's series-level vector, in one index call (the level filter decides
+    whether frames or series come back; for a 2D image the series vector is its frame vector)."""
+    if not queries:
+        return []
+    return index.search(np.stack([q.vector for q in queries]), k, where, fields=QUERY_FIELDS)

@@ -1,12 +1,14 @@
 """A real retrieval service on a tiny real index: the pipeline's own functions build it, `bentoml serve` serves it.
 
-Session-scoped: ingest -> preprocess -> splits -> a random-init ViT-Ti (img 32, patch 8) -> embed -> Milvus Lite
-collection published under the alias -> encoder imported into a temporary BentoML home -> `bentoml serve` on a free
-port, stopped (its whole process group) when the session ends.
+Session-scoped (`built`): ingest -> preprocess -> splits -> a random-init ViT-Ti (img 32, patch 8) -> embed -> Milvus
+Lite collection published under the alias -> encoder imported into a temporary BentoML home. `serve` starts
+`bentoml serve` on a copy of that on a free port (`served`: the default settings; a test may start one with tighter
+ones), stopped (its whole process group) when it is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,8 +237,22 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 18
     raise RuntimeError(f"service not ready after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
+@dataclass
+class Built:
+    """The index, the imported encoder and the query files, shared by every service a test session starts."""
+
+    root: Path
+    params: dict
+    env: dict[str, str]
+    queries: dict[str, Path]
+    dim: int
+    n_items: int
+    token: str
+    revoked: str
+
+
 @pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory):
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("serving")
     src = root / "src"
     _write_sources(src)
@@ -263,9 +280,23 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     n_items = _build_index(root, src, prep_cfg, index_cfg)
     env["M3RET_MODEL_TAG"] = _imported_tag(_start_import(root, env))
     queries = _write_queries(src, root / "queries")
+    return Built(root, params, env, queries, encoder.embed_dim, n_items, token, revoked)
+
+
+@contextlib.contextmanager
+def serve(built: Built, name: str, **serve_settings) -> Iterator[Served]:
+    """`bentoml serve` of the built index with `serve_settings` over the session's serve section, in a folder of its
+    own (a copy of the Milvus Lite file, which admits one process, and of the BentoML home: metrics are per home)."""
+    folder = built.root / name
+    shutil.copytree(built.root / "milvus", folder / "milvus")
+    shutil.copytree(built.root / "bentoml", folder / "bentoml")
+    params = {**built.params, "serve": {**built.params["serve"], **serve_settings}}
+    params["index"] = {**params["index"], "uri": str(folder / "milvus" / "m3ret.db")}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**built.env, "BENTOML_HOME": str(folder / "bentoml"), "M3RET_PARAMS": str(folder / "params.yaml")}
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = root / "bentoml.log"
+    log = folder / "bentoml.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", "serving.service:Retrieval", "--host", "127.0.0.1", "--port", str(port)],
@@ -277,9 +308,26 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         )
     try:
         _wait_ready(url, proc, log)
-        yield Served(url, root, queries, encoder.embed_dim, n_items, MAX_K, MAX_UPLOAD_MB, log, token, revoked)
+        yield Served(
+            url,
+            built.root,
+            built.queries,
+            built.dim,
+            built.n_items,
+            MAX_K,
+            MAX_UPLOAD_MB,
+            log,
+            built.token,
+            built.revoked,
+        )
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def served(built: Built) -> Iterator[Served]:
+    with serve(built, "service") as service:
+        yield service
 
 
 def _stop(proc: subprocess.Popen) -> None:

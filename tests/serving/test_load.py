@@ -1,44 +1,98 @@
-"""Bounded load through the composed service: 32 concurrent clients, a mix of every query kind. Nothing is dropped:
-each request gets its answer, or a 503 with Retry-After that the shed counter records (overload by design)."""
+"""Bounded load through the composed service: 32 concurrent clients sending a mix of good and hostile files. Nothing
+is dropped and nothing fails by accident: every response is a 200, a 4xx with its reason, or a 503 with Retry-After
+that the shed counter records (overload by design); afterwards the service answers a good request.
+
+A second service with a tight in-flight limit and encoder budget is driven into overload on purpose: the requests it
+cannot take are refused with Retry-After and counted, the rest are answered."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import re
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Served
+from conftest import Built, Served, serve
+from hostile import hostile_uploads
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
 REQUESTS = 96
 TIMEOUT = 300.0
+GOOD = ("jpeg_copy", "png_noisy", "nifti", "video", "dicom_zip")
 
 
-def _shed(served: Served) -> float:
+def _shed(served: Served) -> dict[str, float]:
+    """m3ret_shed_requests_total by reason."""
     metrics = httpx.get(f"{served.url}/metrics", headers=served.auth, timeout=TIMEOUT).text
-    return sum(
-        float(v) for v in re.findall(r'm3ret_shed_requests_total\{[^}]*reason="overload"[^}]*\} ([0-9.e+]+)', metrics)
-    )
+    counts: dict[str, float] = {}
+    for reason, value in re.findall(r'm3ret_shed_requests_total\{[^}]*reason="([^"]+)"[^}]*\} ([0-9.e+]+)', metrics):
+        counts[reason] = counts.get(reason, 0.0) + float(value)
+    return counts
 
 
-def test_concurrent_clients_get_answers_or_a_counted_retry_after(served: Served) -> None:
-    names = ["jpeg_copy", "png_noisy", "nifti", "video"]
-    bodies = {name: served.queries[name].read_bytes() for name in names}
-    shed_before = _shed(served)
+def _mix(served: Served, tmp: Path) -> list[tuple[str, bytes, set[int]]]:
+    """(name, body, the statuses it may get besides a 503 with Retry-After) for good and hostile files."""
+    good = [(served.queries[n].name, served.queries[n].read_bytes(), {200}) for n in GOOD]
+    bad = [(f"{name}.bin", body, statuses) for name, (body, statuses, _words) in hostile_uploads(served, tmp).items()]
+    return good + bad
 
-    def one(i: int) -> httpx.Response:
-        name = names[i % len(names)]
-        files = {"file": (served.queries[name].name, bodies[name])}
-        return httpx.post(f"{served.url}/search", files=files, data={"k": "3"}, headers=served.auth, timeout=TIMEOUT)
+
+def _send_all(served: Served, mix: list[tuple[str, bytes, set[int]]], n: int) -> list[tuple[set[int], httpx.Response]]:
+    def one(i: int) -> tuple[set[int], httpx.Response]:
+        name, body, statuses = mix[i % len(mix)]
+        files = {"file": (name, body)}
+        response = httpx.post(
+            f"{served.url}/search", files=files, data={"k": "3"}, headers=served.auth, timeout=TIMEOUT
+        )
+        return statuses, response
 
     with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
-        responses = list(pool.map(one, range(REQUESTS)))
-    statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 503}, statuses
-    refused = [r for r in responses if r.status_code == 503]
-    assert all(r.headers.get("retry-after") for r in refused)
-    assert _shed(served) - shed_before == len(refused)
-    answered = [r.json() for r in responses if r.status_code == 200]
-    assert len(answered) >= REQUESTS // 2 and all(len(a["hits"]) == 3 for a in answered)
+        return list(pool.map(one, range(n)))
+
+
+def _check_answers(served: Served, answers: list[tuple[set[int], httpx.Response]], shed_before: dict) -> int:
+    """Every answer allowed; every 503 has Retry-After and is counted; returns how many were shed."""
+    for statuses, response in answers:
+        if response.status_code == 503:
+            assert response.headers.get("retry-after"), response.text
+        else:
+            assert response.status_code in statuses, (statuses, response.status_code, response.text)
+        if response.status_code != 200:
+            assert response.json()["error"], response.text
+    shed = sum(r.status_code == 503 for _s, r in answers)
+    after = _shed(served)
+    assert sum(after.values()) - sum(shed_before.values()) == shed, (shed_before, after)
+    assert after.get("encoder_error", 0.0) == shed_before.get("encoder_error", 0.0)
+    return shed
+
+
+def _answers_a_good_request(served: Served) -> None:
+    query = served.queries["jpeg_copy"]
+    files = {"file": (query.name, query.read_bytes())}
+    response = httpx.post(f"{served.url}/search", files=files, data={"k": "3"}, headers=served.auth, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 3
+
+
+def test_concurrent_good_and_hostile_files_get_answers_or_a_counted_retry_after(served: Served, tmp_path: Path) -> None:
+    shed_before = _shed(served)
+    answers = _send_all(served, _mix(served, tmp_path), REQUESTS)
+    shed = _check_answers(served, answers, shed_before)
+    answered = [r.json() for _s, r in answers if r.status_code == 200]
+    assert len(answered) + shed >= REQUESTS * len(GOOD) // len(_mix(served, tmp_path))
+    assert all(len(a["hits"]) == 3 for a in answered)
+    _answers_a_good_request(served)
+
+
+def test_overload_is_refused_by_design_and_counted(built: Built, tmp_path: Path) -> None:
+    """max_in_flight 2 and a 1 ms encoder budget under 32 clients: many requests are shed, each with Retry-After
+    and counted by its reason, none fails otherwise, and the service still answers afterwards."""
+    with serve(built, "overloaded", max_in_flight=2, encoder_max_latency_ms=1) as served:
+        shed_before = _shed(served)
+        answers = _send_all(served, _mix(served, tmp_path), REQUESTS)
+        shed = _check_answers(served, answers, shed_before)
+        assert shed > 0
+        assert _shed(served).get("in_flight_limit", 0.0) > 0
+        _answers_a_good_request(served)

@@ -6,21 +6,17 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import re
-import sys
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
+from hostile import hostile_uploads
 from PIL import Image
 
 if TYPE_CHECKING:
     from conftest import Served
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from dicom_factory import make_dataset, save  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 120.0
@@ -134,38 +130,8 @@ def test_health_readiness_and_metrics(served: Served) -> None:
     assert "adaptive_batch_size" in metrics
 
 
-def _zip_bomb() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("slice.dcm", b"\0" * (64 << 20))
-    return buffer.getvalue()
-
-
-def _truncated_dicom() -> bytes:
-    buffer = io.BytesIO()
-    make_dataset(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
-    return data[: len(data) // 2]
-
-
-def _huge_dicom(tmp: Path) -> bytes:
-    ds = make_dataset(np.zeros((8, 8), dtype=np.uint16))
-    ds.Rows, ds.Columns = 60000, 60000
-    return save(ds, tmp / "huge.dcm").read_bytes()
-
-
 def test_bad_inputs_are_refused_with_reasons(served: Served, tmp_path: Path) -> None:
-    video = served.queries["video"].read_bytes()
-    moov = video.find(b"moov")
-    cases = {
-        "text": (b"just a note, not an image\n" * 20, {415}, "text"),
-        "truncated_dicom": (_truncated_dicom(), {422}, ""),
-        "zip_bomb": (_zip_bomb(), {413}, "zip bomb"),
-        "oversized": (np.random.default_rng(0).bytes((served.max_upload_mb + 1) << 20), {413}, "limit"),
-        "huge_dims": (_huge_dicom(tmp_path), {413}, ""),
-        "video_no_frames": (video[: max(moov, 64)], {415, 422}, ""),
-        "empty": (b"", {422}, "empty"),
-    }
+    cases = hostile_uploads(served, tmp_path)
     for name, (content, statuses, words) in cases.items():
         response = _post(served, "/search", content=content)
         assert response.status_code in statuses, (name, response.status_code, response.text)
@@ -220,3 +186,41 @@ def test_only_token_holders_get_in(served: Served) -> None:
         assert httpx.get(f"{served.url}{route}", timeout=TIMEOUT).status_code == 200, route
     log = served.log.read_text(errors="replace")
     assert served.token not in log and served.revoked not in log
+
+
+def test_several_files_in_one_request_get_one_ranked_list_each(served: Served) -> None:
+    """`files` x N -> N results in order, each equal to searching that file alone; a bad file gets its status and
+    reason in its place and costs the others nothing."""
+    names = ["jpeg_copy", "nifti", "video", "png_noisy"]
+    files = [("files", (served.queries[n].name, served.queries[n].read_bytes())) for n in names]
+    files.insert(2, ("files", ("note.txt", b"not an image\n" * 10)))
+    response = httpx.post(f"{served.url}/search", files=files, data={"k": "3"}, headers=served.auth, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    results = body["results"]
+    assert [r["index"] for r in results] == list(range(5))
+    assert results[2]["status"] == 415 and results[2]["error"]
+    good = [r for i, r in enumerate(results) if i != 2]
+    for name, result in zip(names, good, strict=True):
+        alone = _search(served, served.queries[name], k=3)
+        assert [h["item_id"] for h in result["hits"]] == [h["item_id"] for h in alone["hits"]], name
+        assert [h["score"] for h in result["hits"]] == pytest.approx([h["score"] for h in alone["hits"]], abs=1e-4)
+        assert result["query"]["kind"] == alone["query"]["kind"]
+    assert set(body["timing_ms"]) == {"decode", "encode", "search"}
+
+
+@pytest.mark.parametrize(
+    ("form_files", "words"),
+    [
+        ({"file": 1, "files": 1}, "not both"),
+        ({"files": 0}, "no file"),
+        ({"files": 17}, "at most 16"),
+    ],
+)
+def test_bad_file_counts_are_400(served: Served, form_files: dict[str, int], words: str) -> None:
+    body = served.queries["png_noisy"].read_bytes()
+    files = [(field, ("q.png", body)) for field, count in form_files.items() for _ in range(count)]
+    data = {"k": "2"}
+    response = httpx.post(f"{served.url}/search", files=files or None, data=data, headers=served.auth, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
