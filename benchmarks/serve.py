@@ -1,12 +1,17 @@
-"""Throughput and latency of POST /search on a running retrieval service, at several client concurrencies.
+"""Throughput and latency of POST /search on a running retrieval service, at several client concurrencies, next to
+what the same query costs without the service, measured in this process in the same run.
 
     M3RET_TOKEN=$(m3ret-serving token create bench) \
-    python benchmarks/serve.py http://127.0.0.1:3000 data/demo/some_image.png [--requests 48] [--concurrency 1 4 16]
+    python benchmarks/serve.py http://127.0.0.1:3000 small.jpg big.png [--requests 48] [--concurrency 1 4 16 32]
 
-Prints a markdown table: requests/s, client-side p50/p99 latency, the service's mean step times (`timing_ms`), the
-share of a request spent outside the encoder step, and how many requests shared one forward pass (BentoML's
-adaptive batch size histogram for the `encode` API, read from /metrics before and after each level). The encode
-step includes waiting for the batch to form, so "outside encode" is a lower bound on time outside the forward pass.
+Run it where the service runs (same BENTOML_HOME, M3RET_MODEL_TAG and params file as `bentoml serve`): the baseline
+loads the imported model from the BentoML store, decodes each file with its read/preprocess settings and times
+`Encoder.embed` of its frames (the bare forward pass) and an exact numpy search of its vector over the embed stage's
+item vectors (what the index holds at the series level). Speed is reported as ratios against that baseline.
+
+For each file, a markdown table: requests/s, client-side p50/p99 latency, the service's mean step times (`timing_ms`),
+how many requests shared one forward pass (BentoML's adaptive batch size histogram for the `encode` API, read from
+/metrics before and after each level), p50 over (bare forward + exact search), and requests/s over concurrency 1's.
 """
 
 from __future__ import annotations
@@ -20,9 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
+
+from m3ret.config import load_params
+from m3ret.models.embedding_set import EmbeddingSet
+from m3ret.models.query import decode_query
+from serving.model_store import imported_settings, load_imported_encoder
 
 STEPS = ("decode", "encode", "search")
 _BATCH = re.compile(r'adaptive_batch_size_(sum|count)\{[^}]*method_name="encode"[^}]*\} ([0-9.e+-]+)')
+BASELINE_RUNS = 30
 
 
 def batch_totals(client: httpx.Client, url: str) -> tuple[float, float]:
@@ -31,6 +43,33 @@ def batch_totals(client: httpx.Client, url: str) -> tuple[float, float]:
     for kind, value in _BATCH.findall(client.get(f"{url}/metrics").text):
         totals[kind] += float(value)
     return totals["sum"], totals["count"]
+
+
+def _median_ms(call, runs: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(runs):
+        tic = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - tic) * 1000)
+    return statistics.median(times)
+
+
+def bare_baseline(file: Path, tag: str, gallery: np.ndarray, k: int) -> dict[str, float]:
+    """Median ms of the bare forward pass of `file`'s frames and of an exact top-k search of its vector."""
+    read_cfg, preprocess_cfg, _version = imported_settings(tag)
+    encoder = load_imported_encoder(tag)
+    frames, _meta = decode_query(file, read_cfg, preprocess_cfg)
+    forward = _median_ms(lambda: encoder.embed(frames), BASELINE_RUNS)
+    vector = encoder.embed(frames).numpy().mean(axis=0)
+    vector /= np.linalg.norm(vector)
+
+    def exact() -> np.ndarray:
+        scores = gallery @ vector
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
+        return top[np.argsort(-scores[top])]
+
+    return {"frames": len(frames), "forward": forward, "exact_search": _median_ms(exact, BASELINE_RUNS)}
 
 
 def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, token: str) -> dict[str, float]:
@@ -55,8 +94,6 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
             wall = time.perf_counter() - tic
             batch_after = batch_totals(client, url)
     latencies = sorted(r[0] for r in results)
-    steps = {step: statistics.fmean(r[1][step] for r in results) for step in STEPS}
-    mean_latency = statistics.fmean(latencies)
     batches = batch_after[1] - batch_before[1]
     return {
         "concurrency": concurrency,
@@ -64,23 +101,23 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
         "rps": n_requests / wall,
         "p50": latencies[len(latencies) // 2],
         "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
-        **steps,
-        "outside_encode": 1.0 - steps["encode"] / mean_latency,
+        **{step: statistics.fmean(r[1][step] for r in results) for step in STEPS},
         "per_batch": (batch_after[0] - batch_before[0]) / batches if batches else float("nan"),
     }
 
 
-def table(rows: list[dict[str, float]]) -> str:
+def table(rows: list[dict[str, float]], bare: dict[str, float]) -> str:
+    floor = bare["forward"] + bare["exact_search"]
     head = (
         "| concurrency | requests | req/s | p50 ms | p99 ms | decode ms | encode ms | search ms "
-        "| outside encode | requests per forward pass |"
+        "| requests per forward pass | p50 / (bare forward + exact search) | req/s / concurrency 1's |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---:|" * 11]
     for r in rows:
         lines.append(
             f"| {r['concurrency']:.0f} | {r['requests']:.0f} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} "
-            f"| {r['decode']:.1f} | {r['encode']:.1f} | {r['search']:.1f} "
-            f"| {r['outside_encode']:.0%} | {r['per_batch']:.2f} |"
+            f"| {r['decode']:.1f} | {r['encode']:.1f} | {r['search']:.1f} | {r['per_batch']:.2f} "
+            f"| {r['p50'] / floor:.2f} | {r['rps'] / rows[0]['rps']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -88,9 +125,9 @@ def table(rows: list[dict[str, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="service base URL, e.g. http://127.0.0.1:3000")
-    parser.add_argument("file", type=Path, help="the query file sent with every request")
+    parser.add_argument("files", type=Path, nargs="+", help="query files; each is sent alone at every level")
     parser.add_argument("--requests", type=int, default=48, help="timed requests per concurrency level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
     token = os.environ.get("M3RET_TOKEN", "")
@@ -98,10 +135,19 @@ def main() -> None:
         parser.error("set M3RET_TOKEN to a bearer token of the service (m3ret-serving token create NAME)")
     url = args.url.rstrip("/")
     health = httpx.get(f"{url}/healthz", timeout=30).json()
+    tag = os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest")
+    params = load_params(os.environ.get("M3RET_PARAMS", "params.yaml"))
+    version, _items, gallery = EmbeddingSet.load_items(params.embed.out)
+    if version != health["model_version"]:
+        parser.error(f"{params.embed.out} holds model {version}; the service serves {health['model_version']}")
     print(f"service {url}: model {health['model_version']}, {health['collection']} ({health['rows']} rows)")
-    print(f"query {args.file.name}, k={args.k}\n")
-    rows = [run_level(url, args.file, args.k, c, args.requests, token) for c in args.concurrency]
-    print(table(rows))
+    print(f"baseline: {tag} in this process, exact search over {len(gallery)} item vectors; k={args.k}")
+    for file in args.files:
+        bare = bare_baseline(file, tag, gallery, args.k)
+        rows = [run_level(url, file, args.k, c, args.requests, token) for c in args.concurrency]
+        print(f"\n{file.name} ({file.stat().st_size / 1024:.0f} KB, {bare['frames']} frame(s)): bare forward "
+              f"{bare['forward']:.1f} ms, exact search {bare['exact_search']:.2f} ms\n")  # fmt: skip
+        print(table(rows, bare))
 
 
 if __name__ == "__main__":

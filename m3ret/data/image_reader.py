@@ -53,7 +53,7 @@ def read_image(path: Path, cfg: ReadConfig) -> tuple[np.ndarray, dict]:
                 "n_pages": int(getattr(img, "n_frames", 1)),
             }
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # without a copy of the decoded pixels
             pixels, window = _to_uint8(img, cfg)
     except Image.DecompressionBombError as err:
         raise InputTooLargeError(path, f"Pillow decompression-bomb guard: {err}") from err
