@@ -17,6 +17,7 @@ import numpy as np
 from bentoml.validators import DType
 
 from m3ret.config import load_params
+from m3ret.models import explain
 from serving.model_store import load_imported_encoder
 
 MODEL_TAG = os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest")
@@ -48,3 +49,9 @@ class Encoder:
         """Model-ready frames uint8 [N, S, S, 3] -> L2-normalised float32 [N, D]; concurrent callers' frames are
         concatenated along N into one forward pass."""
         return self.encoder.embed(frames).numpy()
+
+    @bentoml.api
+    def patch_tokens(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
+        """Model-ready frames uint8 [N, S, S, 3] -> unit final patch tokens float32 [N, g, g, D], for explanation
+        maps (m3ret.models.explain)."""
+        return explain.patch_tokens(self.encoder, frames)

@@ -13,13 +13,15 @@ import bentoml
 
 from m3ret.data.upload import MB
 from serving.responses import error_response, shed_response
-from serving.tokens import Verdict
+from serving.tokens import Access, Verdict
 
-UPLOAD_ROUTES = ("/search", "/embed")
+UPLOAD_ROUTES = ("/search", "/embed", "/explain")
 # Open without a token: the probes (BentoML's and the page app's /health behind /healthz) and the page shell (HTML,
 # script, style: no data; it asks for the token). Everything else needs `Authorization: Bearer <token>`.
 PUBLIC_ROUTES = ("/healthz", "/health", "/readyz", "/livez", "/")
 PUBLIC_PREFIXES = ("/static/",)
+# where BearerAuth leaves a valid token's scopes for the routes: `request.state.token_scopes`
+TOKEN_SCOPES = "token_scopes"
 # Multipart framing around the files; a body beyond the upload limit by more than this is refused unread.
 _FORM_OVERHEAD = 64 * 1024
 
@@ -39,7 +41,8 @@ class HealthzRoute:
 
 class BearerAuth:
     """Every route except PUBLIC_ROUTES / PUBLIC_PREFIXES (and /metrics with `serve.public_metrics`) needs a valid
-    bearer token: 401 without one or with an unknown one, 403 with a revoked one. The token is never logged."""
+    bearer token: 401 without one or with an unknown one, 403 with a revoked one. The token is never logged; a valid
+    one's scopes are left in the request state (TOKEN_SCOPES)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -49,14 +52,15 @@ class BearerAuth:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             scheme, _, token = header.partition(" ")
             tokens = bentoml.get_current_service().tokens
-            verdict = tokens.check(token.strip()) if scheme.lower() == "bearer" else None
-            if verdict is not Verdict.VALID:
-                revoked = verdict is Verdict.REVOKED
+            access = tokens.check(token.strip()) if scheme.lower() == "bearer" else Access(Verdict.UNKNOWN)
+            if access.verdict is not Verdict.VALID:
+                revoked = access.verdict is Verdict.REVOKED
                 reason = "this token was revoked" if revoked else "a valid bearer token is required"
                 response = error_response(403 if revoked else 401, reason)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="m3ret"'
                 await response(scope, receive, send)
                 return
+            scope.setdefault("state", {})[TOKEN_SCOPES] = access.scopes
         await self.app(scope, receive, send)
 
     @staticmethod

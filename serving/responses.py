@@ -8,8 +8,13 @@ failure of the encoder service itself.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import bentoml
 from starlette.responses import JSONResponse
+
+from m3ret.data.errors import InputError, InputTooLargeError, UnreadableInputError
 
 RETRY_AFTER_S = 2
 SHED = bentoml.metrics.Counter(
@@ -29,3 +34,24 @@ def shed_response(reason: str, message: str) -> JSONResponse:
     response = error_response(503, message)
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
+
+
+@dataclass
+class Refused:
+    """An upload the service will not search: its HTTP status and the reason for the client."""
+
+    status: int
+    reason: str
+
+
+def input_refusal(err: InputError, hide: tuple[str, ...]) -> Refused:
+    """A bad upload: 413 for anything beyond a limit, 415 for a kind m3ret does not read, 422 for a broken file.
+    Decoders quote the file's path; the server's temporary folders (`hide`) are no business of the client."""
+    reason = err.reason
+    for folder in hide:
+        reason = re.sub(re.escape(folder) + r"/?\S*", "<upload>", reason)
+    if isinstance(err, InputTooLargeError):
+        return Refused(413, reason)
+    if isinstance(err, UnreadableInputError):
+        return Refused(422, reason)
+    return Refused(415, reason)

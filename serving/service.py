@@ -18,10 +18,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
 import tempfile
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -33,22 +31,24 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from PIL import Image
 from starlette.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from m3ret.config import load_params
-from m3ret.data.errors import InputError, InputTooLargeError, UnreadableInputError
+from m3ret.data.errors import InputError
 from m3ret.data.thumbnails import Thumbnails, to_png
 from m3ret.data.upload import unpack_upload
 from m3ret.index.filters import FilterError, SearchFilter
 from m3ret.index.query import search_queries
 from m3ret.index.schema import HIT_FIELDS, Hit
 from m3ret.index.vector_index import open_index
-from m3ret.models.query import Query, decode_query
+from m3ret.models.explain import overlay_png, similarity_map
+from m3ret.models.query import Query, decode_query, middle_frame
 from serving.encoder_service import MODEL_TAG, Encoder
 from serving.guards import BearerAuth, HealthzRoute, InFlightLimit, UploadLimit
 from serving.model_store import imported_settings
-from serving.responses import error_response, shed_response
+from serving.responses import Refused, error_response, input_refusal, shed_response
 from serving.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -66,19 +66,6 @@ page = FastAPI(title="m3ret page", docs_url=None, redoc_url=None, openapi_url=No
 page.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
 
-def _input_error(err: InputError, hide: tuple[str, ...]) -> _Refused:
-    """A bad upload: 413 for anything beyond a limit, 415 for a kind m3ret does not read, 422 for a broken file.
-    Decoders quote the file's path; the server's temporary folders (`hide`) are no business of the client."""
-    reason = err.reason
-    for folder in hide:
-        reason = re.sub(re.escape(folder) + r"/?\S*", "<upload>", reason)
-    if isinstance(err, InputTooLargeError):
-        return _Refused(413, reason)
-    if isinstance(err, UnreadableInputError):
-        return _Refused(422, reason)
-    return _Refused(415, reason)
-
-
 class _StepTimer:
     """Milliseconds per step for the response, and the same seconds into the Prometheus histogram."""
 
@@ -91,14 +78,6 @@ class _StepTimer:
         STEP_SECONDS.labels(step=step).observe(now - self._t)
         self.ms[step] = round((now - self._t) * 1000, 2)
         self._t = now
-
-
-@dataclass
-class _Refused:
-    """An upload the service will not search: its HTTP status and the reason for the client."""
-
-    status: int
-    reason: str
 
 
 @bentoml.service(
@@ -184,14 +163,14 @@ class Retrieval:
         results = [self._ranked(q, next(ranked)) if isinstance(q, Query) else q for q in queries]
         if file is not None:
             [result] = results
-            if isinstance(result, _Refused):
+            if isinstance(result, Refused):
                 return error_response(result.status, result.reason)
             return {"model_version": self.model_version, **result, "timing_ms": timer.ms}
         return {
             "model_version": self.model_version,
             # in the order of the request's `files` (BentoML renames uploads: the position is what identifies them)
             "results": [
-                {"index": i, **({"status": r.status, "error": r.reason} if isinstance(r, _Refused) else r)}
+                {"index": i, **({"status": r.status, "error": r.reason} if isinstance(r, Refused) else r)}
                 for i, r in enumerate(results)
             ],
             "timing_ms": timer.ms,
@@ -204,7 +183,7 @@ class Retrieval:
         if isinstance(queries, Response):
             return queries
         [query] = queries
-        if isinstance(query, _Refused):
+        if isinstance(query, Refused):
             return error_response(query.status, query.reason)
         return {
             "model_version": self.model_version,
@@ -213,10 +192,30 @@ class Retrieval:
             "frame_vectors_shape": list(query.frame_vectors.shape),
         }
 
-    async def _queries(self, uploads: list[Path], timer: _StepTimer) -> list[Query | _Refused] | JSONResponse:
+    @bentoml.api(route="/explain")
+    async def explain(self, file: Path, item_id: str, frame: int = -1) -> Image.Image:  # answered as a PNG Response
+        """Multipart `file` (the query) + a hit's `item_id` (and `frame` for a frame-level hit) -> PNG: the hit's
+        stored frame with the patch-similarity map drawn over it (m3ret.models.explain): where the two agree."""
+        if self.thumbnails is None:
+            return error_response(404, "this service has no frame store to explain hits with")
+        try:
+            hit_frame = self.thumbnails.frame(item_id, None if frame < 0 else frame)
+        except KeyError as err:
+            return error_response(404, str(err.args[0]))
+        decoded = await anyio.to_thread.run_sync(self._decode, file)
+        if isinstance(decoded, Refused):
+            return error_response(decoded.status, decoded.reason)
+        query_frames, _meta = decoded
+        tokens = await self._encoder_call("patch_tokens", np.stack([middle_frame(query_frames), hit_frame]))
+        if isinstance(tokens, Response):
+            return tokens
+        png = overlay_png(hit_frame, similarity_map(tokens[0], tokens[1]), self.serve_cfg.thumbnail_size)
+        return Response(png, media_type="image/png")
+
+    async def _queries(self, uploads: list[Path], timer: _StepTimer) -> list[Query | Refused] | JSONResponse:
         """Decode and preprocess each upload (concurrently), then encode every decoded file's frames in one call to
-        the encoder service. A bad upload is its _Refused; the encoder refusing or failing is the request's 503."""
-        decoded: dict[int, tuple[np.ndarray, dict] | _Refused] = {}
+        the encoder service. A bad upload is its Refused; the encoder refusing or failing is the request's 503."""
+        decoded: dict[int, tuple[np.ndarray, dict] | Refused] = {}
 
         async def decode(i: int) -> None:
             decoded[i] = await anyio.to_thread.run_sync(self._decode, uploads[i])
@@ -226,29 +225,35 @@ class Retrieval:
                 group.start_soon(decode, i)
         timer.done("decode")
         outcomes = [decoded[i] for i in range(len(uploads))]
-        good = [d for d in outcomes if not isinstance(d, _Refused)]
+        good = [d for d in outcomes if not isinstance(d, Refused)]
         if not good:
             return outcomes
-        try:
-            frames = np.concatenate([f for f, _meta in good])
-            vectors = np.asarray(await self.encoder.to_async.encode(frames), dtype=np.float32)
-        except BentoMLException as err:
-            if err.error_code in OVERLOAD_CODES:
-                return shed_response("encoder_budget", "the encoder is at capacity: retry shortly")
-            log.exception("the encoder service failed")
-            return shed_response("encoder_error", f"encoder: {err}")
+        vectors = await self._encoder_call("encode", np.concatenate([f for f, _meta in good]))
+        if isinstance(vectors, Response):
+            return vectors
         timer.done("encode")
         per_file = iter(np.split(vectors, np.cumsum([len(f) for f, _meta in good])[:-1]))
-        queries: list[Query | _Refused] = []
+        queries: list[Query | Refused] = []
         for outcome in outcomes:
-            if isinstance(outcome, _Refused):
+            if isinstance(outcome, Refused):
                 queries.append(outcome)
             else:
                 frames_i, meta = outcome
                 queries.append(Query.from_frame_vectors(frames_i, next(per_file), meta))
         return queries
 
-    def _decode(self, upload: Path) -> tuple[np.ndarray, dict] | _Refused:
+    async def _encoder_call(self, api: str, frames: np.ndarray) -> np.ndarray | JSONResponse:
+        """An encoder service API on frames uint8 [N, S, S, 3] -> its float32 array; its refusal (batching budget)
+        or failure -> the request's 503 with Retry-After, counted."""
+        try:
+            return np.asarray(await getattr(self.encoder.to_async, api)(frames), dtype=np.float32)
+        except BentoMLException as err:
+            if err.error_code in OVERLOAD_CODES:
+                return shed_response("encoder_budget", "the encoder is at capacity: retry shortly")
+            log.exception("the encoder service failed")
+            return shed_response("encoder_error", f"encoder: {err}")
+
+    def _decode(self, upload: Path) -> tuple[np.ndarray, dict] | Refused:
         """The upload unpacked, decoded and preprocessed like indexed items -> (frames [T, S, S, 3], meta), or why
         not. A decoder failing on hostile bytes becomes a 422, never a 500 or a dead worker."""
         with tempfile.TemporaryDirectory(prefix="m3ret-upload-") as work:
@@ -256,10 +261,10 @@ class Retrieval:
                 path = unpack_upload(upload, upload.name, self.serve_cfg, Path(work))
                 return decode_query(path, self.read_cfg, self.preprocess_cfg)
             except InputError as err:
-                return _input_error(err, hide=(work, str(upload.parent)))
+                return input_refusal(err, hide=(work, str(upload.parent)))
             except Exception as err:
                 log.exception("decoding an upload failed")
-                return _Refused(422, f"cannot decode the file: unexpected {type(err).__name__}")
+                return Refused(422, f"cannot decode the file: unexpected {type(err).__name__}")
 
     def _ranked(self, query: Query, hits: list[Hit]) -> dict[str, Any]:
         """One file's answer: what the model saw of the query and its ranked hits."""

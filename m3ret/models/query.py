@@ -37,8 +37,13 @@ class Query:
         return cls(frames=frames, frame_vectors=frame_vectors, vector=mean[0], meta=meta)
 
     def preview(self) -> np.ndarray:
-        """One representative frame uint8 [S, S, 3]: the middle slice of a volume, the middle frame of a video."""
-        return self.frames[len(self.frames) // 2]
+        """One representative frame uint8 [S, S, 3] (`middle_frame`)."""
+        return middle_frame(self.frames)
+
+
+def middle_frame(frames: np.ndarray) -> np.ndarray:
+    """One representative frame of [T, S, S, 3]: the middle slice of a volume, the middle frame of a video."""
+    return frames[len(frames) // 2]
 
 
 def decode_query(path: str | Path, read_cfg: ReadConfig, preprocess: PreprocessConfig) -> tuple[np.ndarray, dict]:

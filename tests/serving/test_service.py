@@ -171,7 +171,8 @@ def test_only_token_holders_get_in(served: Served) -> None:
     (thumbnails and /metrics included); the probes and the page shell stay open; no token reaches the log."""
     photo = served.queries["png_noisy"]
     hit = _search(served, photo, k=1)["hits"][0]
-    routes = [("post", "/search"), ("post", "/embed"), ("get", hit["thumbnail_url"]), ("get", "/metrics")]
+    routes = [("post", "/search"), ("post", "/embed"), ("post", "/explain"), ("get", hit["thumbnail_url"])]
+    routes.append(("get", "/metrics"))
     for method, route in routes:
         for headers, status in (({}, 401), ({"Authorization": "Bearer m3r_made_up"}, 401),
                                 ({"Authorization": f"Bearer {served.revoked}"}, 403)):  # fmt: skip
@@ -224,3 +225,19 @@ def test_bad_file_counts_are_400(served: Served, form_files: dict[str, int], wor
     response = httpx.post(f"{served.url}/search", files=files or None, data=data, headers=served.auth, timeout=TIMEOUT)
     assert response.status_code == 400, response.text
     assert words in response.json()["error"]
+
+
+def test_explain_draws_the_patch_similarity_map_over_the_hit(served: Served) -> None:
+    query = served.queries["jpeg_copy"]
+    hit = _search(served, query, k=1)["hits"][0]
+    response = _post(served, "/explain", query, item_id=hit["item_id"])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    overlay = Image.open(io.BytesIO(response.content))
+    assert overlay.size == (64, 64)  # serve.thumbnail_size
+    thumbnail = Image.open(io.BytesIO(httpx.get(f"{served.url}{hit['thumbnail_url']}", headers=served.auth).content))
+    assert np.abs(np.asarray(overlay, np.int16) - np.asarray(thumbnail.convert("RGB"), np.int16)).mean() > 5
+    unknown = _post(served, "/explain", query, item_id="no-such-item")
+    assert unknown.status_code == 404 and "no-such-item" in unknown.json()["error"]
+    bad = _post(served, "/explain", content=b"not an image\n" * 10, item_id=hit["item_id"])
+    assert bad.status_code == 415, bad.text
