@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from m3ret.config import Params, load_params
+from serving.tokens import SCOPES, TokenError, TokenStore
 
 
 def _import(params: Params, args: argparse.Namespace) -> int:
@@ -26,12 +27,10 @@ def _import(params: Params, args: argparse.Namespace) -> int:
 
 
 def _token(params: Params, args: argparse.Namespace) -> int:
-    from serving.tokens import TokenError, TokenStore
-
     store = TokenStore(params.serve.tokens_file)
     try:
         if args.action == "create":
-            token = store.create(args.name)
+            token = store.create(args.name, tuple(args.scope))
             print(f"token {args.name!r} (shown once; only its hash is kept in {store.path}):", file=sys.stderr)
             print(token)
         elif args.action == "revoke":
@@ -39,7 +38,7 @@ def _token(params: Params, args: argparse.Namespace) -> int:
             print(f"token {args.name!r} revoked")
         else:
             for name, valid in store.names().items():
-                print(f"{name}\t{'valid' if valid else 'revoked'}")
+                print(f"{name}\t{'valid' if valid else 'revoked'}\t{','.join(store.scopes(name)) or '-'}")
     except TokenError as err:
         print(f"m3ret-serving token {args.action}: {err}", file=sys.stderr)
         return 2
@@ -54,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     token = sub.add_parser("token", help="bearer tokens of the service: create NAME, revoke NAME, list")
     token.add_argument("action", choices=["create", "revoke", "list"])
     token.add_argument("name", nargs="?", default="", help="the token's name (create, revoke)")
+    token.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        choices=SCOPES,
+        help="create: grant a scope (reidentify: hits resolve to their study and a viewer link); repeatable",
+    )
     args = parser.parse_args(argv)
     if args.command == "token" and args.action != "list" and not args.name:
         parser.error(f"token {args.action} needs a NAME")

@@ -1,9 +1,10 @@
 """Bearer tokens for the retrieval service: created once, stored only as hashes, revocable by name.
 
 The store is one JSON file (`serve.tokens_file`, mode 0600): {name: {"sha256": hex digest, "created": ISO time,
-"revoked": ISO time or null}}. A token is shown once, when it is created; the service keeps only digests and
-compares them in constant time. The service re-reads the file when it changes, so a revocation takes effect on the
-next request without a restart.
+"revoked": ISO time or null, "scopes": [...]}}. A token is shown once, when it is created; the service keeps only
+digests and compares them in constant time. Scopes grant more than search: `reidentify` resolves a hit to its study
+(StudyInstanceUID and a viewer link); every other token only ever sees salted hashes. The service re-reads the file
+when it changes, so a revocation takes effect on the next request without a restart.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import json
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 PREFIX = "m3r_"
+REIDENTIFY = "reidentify"
+SCOPES = (REIDENTIFY,)
 
 
 class TokenError(ValueError):
@@ -30,6 +34,14 @@ class Verdict(Enum):
     VALID = "valid"
     REVOKED = "revoked"
     UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a presented token is: its verdict and, when valid, its scopes."""
+
+    verdict: Verdict
+    scopes: frozenset[str] = frozenset()
 
 
 def _digest(token: str) -> str:
@@ -68,17 +80,20 @@ class TokenStore:
             json.dump(entries, fh, indent=2, sort_keys=True)
         tmp.replace(self.path)
 
-    def create(self, name: str) -> str:
-        """A new random token for `name` (returned once, stored as its hash). Names are never reused, so a revoked
-        token keeps being told apart (403) from one that never existed (401)."""
+    def create(self, name: str, scopes: tuple[str, ...] = ()) -> str:
+        """A new random token for `name` with `scopes` (of SCOPES), returned once and stored as its hash. Names are
+        never reused, so a revoked token keeps being told apart (403) from one that never existed (401)."""
         if not _NAME.match(name):
             raise TokenError(f"token name {name!r}: 1-64 letters, digits or . _ - @")
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown:
+            raise TokenError(f"unknown scope(s) {unknown}; known: {list(SCOPES)}")
         entries = dict(self._load())
         if name in entries:
             state = "was revoked" if entries[name]["revoked"] else "exists"
             raise TokenError(f"a token named {name!r} {state}; choose another name")
         token = PREFIX + secrets.token_urlsafe(32)
-        entries[name] = {"sha256": _digest(token), "created": _now(), "revoked": None}
+        entries[name] = {"sha256": _digest(token), "created": _now(), "revoked": None, "scopes": sorted(set(scopes))}
         self._save(entries)
         return token
 
@@ -93,11 +108,16 @@ class TokenStore:
         """{name: still valid} of every token ever created."""
         return {name: not entry["revoked"] for name, entry in sorted(self._load().items())}
 
-    def check(self, token: str) -> Verdict:
-        """VALID, REVOKED (a token that was valid once), or UNKNOWN; every digest is compared in constant time."""
+    def scopes(self, name: str) -> tuple[str, ...]:
+        return tuple(self._load()[name].get("scopes", ()))
+
+    def check(self, token: str) -> Access:
+        """VALID (with the token's scopes), REVOKED (a token that was valid once), or UNKNOWN; every digest is
+        compared in constant time."""
         digest = _digest(token)
-        verdict = Verdict.UNKNOWN
+        access = Access(Verdict.UNKNOWN)
         for entry in self._load().values():
             if hmac.compare_digest(entry["sha256"], digest):
-                verdict = Verdict.REVOKED if entry["revoked"] else Verdict.VALID
-        return verdict
+                valid = not entry["revoked"]
+                access = Access(Verdict.VALID, frozenset(entry.get("scopes", ()))) if valid else Access(Verdict.REVOKED)
+        return access

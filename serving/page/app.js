@@ -46,7 +46,44 @@ async function checkHealth() {
   }
 }
 
+let lastQuery = null; // the file of the last search: explanations compare it with a hit
+let openHit = null;
+
+async function toggleExplanation() {
+  const button = $("overlay-explain");
+  if (button.getAttribute("aria-pressed") === "true") {
+    button.setAttribute("aria-pressed", "false");
+    showImage($("overlay-image"), openHit.thumbnail_url);
+    return;
+  }
+  const form = new FormData();
+  form.append("file", lastQuery, lastQuery.name);
+  form.append("item_id", openHit.item_id);
+  if (openHit.level === "frame" && openHit.frame_index >= 0) form.append("frame", openHit.frame_index);
+  button.disabled = true;
+  try {
+    const response = await authFetch("/explain", { method: "POST", body: form });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      showError(`${response.status}: ${body.error || "cannot explain this hit"}`);
+      return;
+    }
+    const img = $("overlay-image");
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(await response.blob());
+    button.setAttribute("aria-pressed", "true");
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function openOverlay(hit) {
+  openHit = hit;
+  $("overlay-explain").setAttribute("aria-pressed", "false");
+  // a token with the reidentify scope gets the hit's study; everyone else sees only hashes
+  const link = hit.study && hit.study.viewer_url;
+  $("overlay-study").hidden = !link;
+  if (link) $("overlay-study").href = link;
   showImage($("overlay-image"), hit.thumbnail_url);
   $("overlay-caption").textContent =
     `#${hit.rank} · score ${hit.score.toFixed(4)} · ${hit.modality} · ${hit.dataset} · ${hit.kind}` +
@@ -100,6 +137,7 @@ async function submit(event) {
     showError("Pick a file first.");
     return;
   }
+  lastQuery = file;
   const form = new FormData();
   form.append("file", file, file.name);
   form.append("k", $("k").value || "10");
@@ -150,6 +188,7 @@ $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
 $("token").addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, $("token").value.trim()));
 $("query-form").addEventListener("submit", submit);
 $("overlay-close").addEventListener("click", closeOverlay);
+$("overlay-explain").addEventListener("click", toggleExplanation);
 $("overlay").addEventListener("click", (event) => {
   if (event.target === $("overlay")) closeOverlay();
 });

@@ -86,6 +86,17 @@ def test_upload_shows_hits_and_a_large_view(served: Served, browser, tmp_path: P
     wait.until(lambda d: overlay.is_displayed())
     wait.until(lambda d: d.execute_script("return document.getElementById('overlay-image').naturalWidth") > 0)
     assert "#1" in browser.find_element(By.ID, "overlay-caption").text
+    assert not browser.find_element(By.ID, "overlay-study").is_displayed()  # this token may not reidentify
+
+    # where they agree: the patch-similarity map replaces the thumbnail, and the button goes back to it
+    thumbnail_src = browser.find_element(By.ID, "overlay-image").get_attribute("src")
+    explain = browser.find_element(By.ID, "overlay-explain")
+    explain.click()
+    wait.until(lambda d: explain.get_attribute("aria-pressed") == "true")
+    explained = browser.find_element(By.ID, "overlay-image")
+    assert explained.get_attribute("src") != thumbnail_src
+    wait.until(lambda d: d.execute_script("return document.getElementById('overlay-image').naturalWidth") > 0)
+    assert error.get_attribute("hidden") is not None, error.text
 
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot))
