@@ -9,9 +9,11 @@ loads the imported model from the BentoML store, decodes each file with its read
 `Encoder.embed` of its frames (the bare forward pass) and an exact numpy search of its vector over the embed stage's
 item vectors (what the index holds at the series level). Speed is reported as ratios against that baseline.
 
-For each file, a markdown table: requests/s, client-side p50/p99 latency, the service's mean step times (`timing_ms`),
-how many requests shared one forward pass (BentoML's adaptive batch size histogram for the `encode` API, read from
-/metrics before and after each level), p50 over (bare forward + exact search), and requests/s over concurrency 1's.
+For each file, a markdown table: requests shed with 503 + Retry-After (by design, beyond `serve.max_in_flight` or the
+encoder's batching budget), answered requests/s, client-side p50/p99 latency of the answered ones, the service's mean
+step times (`timing_ms`), how many requests shared one forward pass (BentoML's adaptive batch size histogram for the
+`encode` API, read from /metrics before and after each level), p50 over (bare forward + exact search), and
+requests/s over concurrency 1's.
 """
 
 from __future__ import annotations
@@ -79,10 +81,13 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(timeout=600, limits=limits, headers=headers) as client:
 
-        def one(_: int) -> tuple[float, dict[str, float]]:
+        def one(_: int) -> tuple[float, dict[str, float]] | None:
+            """(latency, the service's step times), or None for a request shed with 503 + Retry-After."""
             tic = time.perf_counter()
             response = client.post(f"{url}/search", files={"file": (file.name, payload)}, data={"k": str(k)})
             latency = (time.perf_counter() - tic) * 1000
+            if response.status_code == 503 and response.headers.get("retry-after"):
+                return None
             response.raise_for_status()
             return latency, response.json()["timing_ms"]
 
@@ -90,15 +95,19 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
             list(pool.map(one, range(concurrency)))  # warm-up: connections, first batches
             batch_before = batch_totals(client, url)
             tic = time.perf_counter()
-            results = list(pool.map(one, range(n_requests)))
+            outcomes = list(pool.map(one, range(n_requests)))
             wall = time.perf_counter() - tic
             batch_after = batch_totals(client, url)
+    results = [r for r in outcomes if r is not None]
+    if not results:
+        raise SystemExit(f"concurrency {concurrency}: every request was shed (503); raise serve.max_in_flight")
     latencies = sorted(r[0] for r in results)
     batches = batch_after[1] - batch_before[1]
     return {
         "concurrency": concurrency,
         "requests": n_requests,
-        "rps": n_requests / wall,
+        "shed": n_requests - len(results),
+        "rps": len(results) / wall,  # answered requests per second
         "p50": latencies[len(latencies) // 2],
         "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
         **{step: statistics.fmean(r[1][step] for r in results) for step in STEPS},
@@ -109,13 +118,14 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
 def table(rows: list[dict[str, float]], bare: dict[str, float]) -> str:
     floor = bare["forward"] + bare["exact_search"]
     head = (
-        "| concurrency | requests | req/s | p50 ms | p99 ms | decode ms | encode ms | search ms "
+        "| concurrency | requests | shed (503) | req/s | p50 ms | p99 ms | decode ms | encode ms | search ms "
         "| requests per forward pass | p50 / (bare forward + exact search) | req/s / concurrency 1's |"
     )
-    lines = [head, "|" + "---:|" * 11]
+    lines = [head, "|" + "---:|" * 12]
     for r in rows:
         lines.append(
-            f"| {r['concurrency']:.0f} | {r['requests']:.0f} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} "
+            f"| {r['concurrency']:.0f} | {r['requests']:.0f} | {r['shed']:.0f} | {r['rps']:.2f} | {r['p50']:.0f} "
+            f"| {r['p99']:.0f} "
             f"| {r['decode']:.1f} | {r['encode']:.1f} | {r['search']:.1f} | {r['per_batch']:.2f} "
             f"| {r['p50'] / floor:.2f} | {r['rps'] / rows[0]['rps']:.2f} |"
         )

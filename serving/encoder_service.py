@@ -31,6 +31,10 @@ SERVE = load_params(os.environ.get("M3RET_PARAMS", "params.yaml")).serve
     # no concurrency limit of its own: the retrieval service admits at most serve.max_in_flight requests, one call
     # each; what cannot be batched in time is refused by the batching budget below
     traffic={"timeout": 120},
+    # the callers' HTTP session to this service is never recycled: BentoML 1.4's default (a new session every 100
+    # calls or 5 minutes) closes the shared session under calls still in flight, which fail with "Cannot write to
+    # closing transport" (bentoml/BentoML#5540, #5544); over a local socket a recycled session buys nothing
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
     metrics={"enabled": True},
 )
 class Encoder:

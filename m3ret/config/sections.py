@@ -335,7 +335,7 @@ class ServeConfig(Section):
     tokens_file: str = "data/serve/tokens.json"
     public_metrics: bool = False
     # load shedding: uploads in flight beyond this are answered 503 with Retry-After before they are read
-    max_in_flight: int = Field(32, ge=1)
+    max_in_flight: int = Field(64, ge=1)
     max_batch_files: int = Field(16, ge=1)  # files in one POST /search (one ranked list each)
     # the encoder service's adaptive batching: frames per forward pass, and how long a request may wait for its
     # batch before the encoder refuses it (503 with Retry-After)

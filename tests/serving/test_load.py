@@ -18,7 +18,9 @@ from hostile import hostile_uploads
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
-REQUESTS = 96
+# more good requests than BentoML's default runner_connection.max_requests (100) in one burst: its session recycling
+# closed the session to the encoder under calls in flight (serving/encoder_service.py)
+REQUESTS = 272
 TIMEOUT = 300.0
 GOOD = ("jpeg_copy", "png_noisy", "nifti", "video", "dicom_zip")
 
@@ -36,7 +38,7 @@ def _mix(served: Served, tmp: Path) -> list[tuple[str, bytes, set[int]]]:
     """(name, body, the statuses it may get besides a 503 with Retry-After) for good and hostile files."""
     good = [(served.queries[n].name, served.queries[n].read_bytes(), {200}) for n in GOOD]
     bad = [(f"{name}.bin", body, statuses) for name, (body, statuses, _words) in hostile_uploads(served, tmp).items()]
-    return good + bad
+    return good + bad + good
 
 
 def _send_all(served: Served, mix: list[tuple[str, bytes, set[int]]], n: int) -> list[tuple[set[int], httpx.Response]]:
@@ -81,7 +83,7 @@ def test_concurrent_good_and_hostile_files_get_answers_or_a_counted_retry_after(
     answers = _send_all(served, _mix(served, tmp_path), REQUESTS)
     shed = _check_answers(served, answers, shed_before)
     answered = [r.json() for _s, r in answers if r.status_code == 200]
-    assert len(answered) + shed >= REQUESTS * len(GOOD) // len(_mix(served, tmp_path))
+    assert len(answered) + shed >= 150  # the good files' share of the mix
     assert all(len(a["hits"]) == 3 for a in answered)
     _answers_a_good_request(served)
 
