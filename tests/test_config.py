@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from m3ret.config import (
     SECTIONS,
     ConfigError,
     IngestConfig,
+    ListenConfig,
     PretrainConfig,
     ReadoutConfig,
     from_dict,
@@ -56,7 +58,8 @@ def test_yaml_values_are_coerced_where_the_meaning_is_clear() -> None:
     assert cfg.optim.lr == 0.001 and cfg.optim.betas == (0.9, 0.99) and cfg.splits == ("pretrain",)
     source = from_dict(IngestConfig, {"sources": [{"path": "scans", "dataset": 2024}]}, "ingest").sources[0]
     assert source.dataset == "2024"
-    with pytest.raises(ConfigError, match=r"ingest.sources\[0\]; valid: \['dataset', 'modality', 'path'\]"):
+    valid = r"\['dataset', 'dicomweb', 'modalities', 'modality', 'path', 'since'\]"
+    with pytest.raises(ConfigError, match=r"ingest.sources\[0\]; valid: " + valid):
         from_dict(IngestConfig, {"sources": [{"path": "scans", "datset": "x"}]}, "ingest")
 
 
@@ -81,6 +84,61 @@ def test_secrets_come_from_the_environment_and_stay_out_of_dumps(tmp_path: Path)
     assert "token" not in to_dict(params.index) and "id_salt" not in to_dict(params.ingest)
     assert "root:Milvus" not in repr(params)
     assert load_params(tmp_path / "params.yaml", {}).index.uri == "data/x.db"
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        ({"dataset": "x"}, "exactly one of path .* and dicomweb"),
+        ({"path": "scans", "dicomweb": "http://pacs/dicom-web"}, "exactly one of path"),
+        ({"path": "scans", "since": "20240101"}, "a path source has neither"),
+        ({"dicomweb": "pacs:8042/dicom-web"}, "an http\\(s\\) URL with a host"),
+        ({"dicomweb": "http://doctor:secret@pacs/dicom-web"}, "no credentials in the dicomweb URL"),
+        ({"dicomweb": "http://pacs/dicom-web", "since": "2024-01-01"}, "since must be a date YYYYMMDD"),
+        ({"dicomweb": "http://pacs/dicom-web", "modalities": ["ct"]}, r"DICOM Modality codes .*\['ct'\]"),
+    ],
+)
+def test_a_source_is_a_path_or_a_dicomweb_server(source: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=r"ingest.sources\[0\]: .*" + match):
+        from_dict(IngestConfig, {"sources": [source]}, "ingest")
+
+
+def test_dicomweb_source_with_its_filters() -> None:
+    raw = {"dicomweb": "http://127.0.0.1:8042/dicom-web", "since": 20240101, "modalities": ["CT", "MR"]}
+    source = from_dict(IngestConfig, {"sources": [raw]}, "ingest").sources[0]
+    assert (source.path, source.since, source.modalities) == ("", "20240101", ("CT", "MR"))
+
+
+def test_dicomweb_login_comes_from_the_environment_and_stays_out_of_dumps(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("ingest: {sources: [{dicomweb: 'http://pacs/dicom-web'}]}\n")
+    basic = {"M3RET_DICOMWEB_USER": "reader", "M3RET_DICOMWEB_PASSWORD": "pw-Secret-1"}
+    ingest = load_params(tmp_path / "params.yaml", basic).ingest
+    assert (ingest.dicomweb_user, ingest.dicomweb_password, ingest.dicomweb_token) == ("reader", "pw-Secret-1", "")
+    token = load_params(tmp_path / "params.yaml", {"M3RET_DICOMWEB_TOKEN": "tok-Secret-2"}).ingest
+    for section in (ingest, token):
+        dump = json.dumps(to_dict(section)) + repr(section)
+        assert "Secret" not in dump and "reader" not in dump
+    with pytest.raises(ConfigError, match="go together"):
+        load_params(tmp_path / "params.yaml", {"M3RET_DICOMWEB_USER": "reader"})
+    with pytest.raises(ConfigError, match="not both"):
+        load_params(tmp_path / "params.yaml", {**basic, "M3RET_DICOMWEB_TOKEN": "t"})
+
+
+def test_reidentify_table_sits_beside_the_manifest_unless_given() -> None:
+    assert from_dict(IngestConfig, {}).reidentify_table == "data/reidentify.parquet"
+    cfg = from_dict(IngestConfig, {"out": "/x/m.parquet"})
+    assert cfg.reidentify_table == "/x/reidentify.parquet"
+    # a copy writing its manifest elsewhere (a refresh's scan) keeps the table where the pipeline reads it
+    assert replace(cfg, out="/scan/m.parquet").reidentify_table == "/x/reidentify.parquet"
+    assert from_dict(IngestConfig, {"reidentify_table": "/secure/r.parquet"}).reidentify_table == "/secure/r.parquet"
+
+
+def test_listen_section_checks_its_ae_title_and_port() -> None:
+    assert from_dict(ListenConfig, {}).ae_title == "M3RET"
+    with pytest.raises(ConfigError, match="listen: ae_title must be 1-16"):
+        from_dict(ListenConfig, {"ae_title": "A" * 17}, "listen")
+    with pytest.raises(ConfigError, match="listen: port must lie"):
+        from_dict(ListenConfig, {"port": 0}, "listen")
 
 
 def test_unknown_section_is_refused(tmp_path: Path) -> None:

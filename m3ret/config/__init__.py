@@ -10,7 +10,6 @@ from m3ret.config.sections import (
     EmbedConfig,
     EvaluateConfig,
     IndexConfig,
-    IngestConfig,
     LimitsConfig,
     MAEConfig,
     ModelConfig,
@@ -21,11 +20,11 @@ from m3ret.config.sections import (
     ReadoutConfig,
     ServeConfig,
     SimDINOConfig,
-    SourceConfig,
     SplitConfig,
     VideoSamplingConfig,
     WindowingConfig,
 )
+from m3ret.config.source_sections import IngestConfig, ListenConfig, SourceConfig
 
 __all__ = [
     "AugmentConfig",
@@ -38,6 +37,7 @@ __all__ = [
     "IndexConfig",
     "IngestConfig",
     "LimitsConfig",
+    "ListenConfig",
     "MAEConfig",
     "ModelConfig",
     "OptimConfig",

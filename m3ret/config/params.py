@@ -16,7 +16,6 @@ from m3ret.config.sections import (
     EmbedConfig,
     EvaluateConfig,
     IndexConfig,
-    IngestConfig,
     PreprocessConfig,
     PretrainConfig,
     ReadConfig,
@@ -24,6 +23,7 @@ from m3ret.config.sections import (
     ServeConfig,
     SplitConfig,
 )
+from m3ret.config.source_sections import IngestConfig, ListenConfig
 
 
 class Params(BaseModel):
@@ -43,6 +43,7 @@ class Params(BaseModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    listen: ListenConfig = Field(default_factory=ListenConfig)
 
 
 SECTIONS: dict[str, type[Section]] = {name: info.annotation for name, info in Params.model_fields.items()}
@@ -50,6 +51,9 @@ SECTIONS: dict[str, type[Section]] = {name: info.annotation for name, info in Pa
 # a set variable wins over the file.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
     "M3RET_ID_SALT": ("ingest", "id_salt"),
+    "M3RET_DICOMWEB_TOKEN": ("ingest", "dicomweb_token"),
+    "M3RET_DICOMWEB_USER": ("ingest", "dicomweb_user"),
+    "M3RET_DICOMWEB_PASSWORD": ("ingest", "dicomweb_password"),
     "M3RET_INDEX_URI": ("index", "uri"),
     "M3RET_MILVUS_TOKEN": ("index", "token"),
 }
@@ -64,7 +68,10 @@ def load_params(path: str | Path = "params.yaml", environ: Mapping[str, str] | N
         raise ConfigError(f"unknown section(s) {unknown} in {path}; valid: {sorted(SECTIONS)}")
     sections = {name: from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     environ = os.environ if environ is None else environ
+    overrides: dict[str, dict[str, str]] = {}
     for variable, (name, key) in ENVIRONMENT.items():
         if environ.get(variable):
-            sections[name] = replace(sections[name], **{key: environ[variable]})
+            overrides.setdefault(name, {})[key] = environ[variable]
+    for name, changes in overrides.items():  # a section's variables at once: a user goes with its password
+        sections[name] = replace(sections[name], **changes)
     return Params(**sections)

@@ -1,4 +1,5 @@
-"""Typed sections of params.yaml, one model per section (`m3ret.config.section.Section`)."""
+"""Typed sections of params.yaml, one model per section (`m3ret.config.section.Section`); where images come from
+(sources, ingest, the DICOM listener) is in `m3ret.config.source_sections`."""
 
 from __future__ import annotations
 
@@ -67,25 +68,6 @@ class DemoDataConfig(Section):
     n_videos: int = 3
     video_frames: int = 24
     seed: int = 0
-
-
-class SourceConfig(Section):
-    """One place to ingest from. `modality` overrides what the files say (e.g. `endoscopy` for a video folder)."""
-
-    path: str
-    dataset: str = ""
-    modality: str = ""
-
-
-class IngestConfig(Section):
-    sources: tuple[SourceConfig, ...] = ()
-    out: str = "data/manifest.parquet"
-    quarantine: str = "reports/quarantine.csv"
-    cache_dir: str = "data/cache/ingest"
-    salt_file: str = "data/id_salt"
-    # the salt itself, normally from the environment (M3RET_ID_SALT); when empty, salt_file's (created on first use)
-    id_salt: str = Field("", repr=False, exclude=True)
-    workers: int = 2
 
 
 class PreprocessConfig(Section):
