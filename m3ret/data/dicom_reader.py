@@ -69,6 +69,13 @@ def group_dicom_series(files: Sequence[Path]) -> tuple[list[list[Path]], list[tu
     return series, rejects
 
 
+def dicom_uids(path: Path) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) from one file's header, "" where absent: for the re-identification
+    table only (`m3ret.data.reidentify`), never for anything stored with the item."""
+    ds = _read_header(Path(path))
+    return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or "")
+
+
 def read_dicom_hu(paths: Sequence[Path], limits: LimitsConfig) -> tuple[np.ndarray, dict]:
     """One series (one multi-frame file, one file, or many single-frame files) -> values + meta.
 

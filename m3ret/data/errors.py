@@ -32,3 +32,13 @@ class InputTooLargeError(InputError):
 
 class PHIRiskError(InputError):
     """The item carries protected health information that cannot be removed (e.g. burned-in annotations)."""
+
+
+class SourceUnavailableError(ConnectionError):
+    """A configured source cannot be listed (a DICOMweb server down, refusing the login, or answering an error).
+    The run stops: going on without the source would read as all of its items deleted."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")

@@ -1,5 +1,7 @@
-"""The ingest stage: sources -> manifest of items (content hash, kind, modality, hashed ids) + quarantine report.
+"""The ingest stage: sources -> manifest of items (content hash, kind, modality, hashed ids) + quarantine report,
+and the restricted re-identification table of the DICOM items (`m3ret.data.reidentify`).
 
+Sources are folders and files on disk or DICOMweb servers (fetched into a local cache first, then read as files).
 Every item is decoded once to prove it is usable; what fails is quarantined with its reason and the run goes on.
 Decoded facts are cached by content hash, so re-running on unchanged inputs decodes nothing.
 """
@@ -17,10 +19,12 @@ from typing import Any
 import pandas as pd
 
 from m3ret.config import IngestConfig, ReadConfig, to_dict
+from m3ret.data.dicomweb_source import enumerate_dicomweb
 from m3ret.data.errors import InputError
 from m3ret.data.parallel import ItemCrash, parallel_map
 from m3ret.data.phi import anonymise, salted_hash
 from m3ret.data.readers import item_entries, read_item
+from m3ret.data.reidentify import ReidentifyTable
 from m3ret.data.sources import ItemRef, enumerate_source
 
 MANIFEST_COLUMNS = (
@@ -175,12 +179,15 @@ def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Rejected]]:
 
 
 def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan cfg.sources, decode-check every item (parallel, cached by content), write the manifest parquet and the
-    quarantine CSV. Returns (manifest, quarantine). The same content found twice is one item; the copy is reported."""
+    """Scan cfg.sources, decode-check every item (parallel, cached by content), write the manifest parquet, the
+    quarantine CSV and the re-identification table. Returns (manifest, quarantine). The same content found twice is
+    one item; the copy is reported. A DICOMweb source that cannot be listed raises SourceUnavailableError."""
     refs: list[ItemRef] = []
     rejects: list[Rejected] = []
     for source in cfg.sources:
-        source_refs, source_rejects = enumerate_source(source)
+        source_refs, source_rejects = (
+            enumerate_dicomweb(source, cfg, salt) if source.dicomweb else enumerate_source(source)
+        )
         refs += source_refs
         rejects += [(path, reason, "") for path, reason in source_rejects]
     cache_key = hashlib.sha256(
@@ -188,12 +195,15 @@ def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.Dat
     ).hexdigest()[:12]
     jobs = [_Job(ref, read_cfg, salt, cfg.cache_dir, cache_key) for ref in refs]
     rows: list[dict[str, Any]] = []
+    origins: dict[str, str] = {}  # item id -> its source, for the re-identification table
     for job, result in zip(jobs, parallel_map(_ingest_one, jobs, cfg.workers, desc="ingest"), strict=True):
         if isinstance(result, ItemCrash):
             rejects += [(p, result.reason, "") for p in job.ref.paths]
             continue
         rows += result[0]
         rejects += result[1]
+        for row in result[0]:
+            origins.setdefault(row["item_id"], job.ref.source)
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     first = manifest.drop_duplicates("item_id", keep="first")
     for dup in manifest[manifest.duplicated("item_id", keep="first")].itertuples():
@@ -206,6 +216,7 @@ def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.Dat
     manifest.to_parquet(cfg.out, index=False)
     Path(cfg.quarantine).parent.mkdir(parents=True, exist_ok=True)
     quarantine.to_csv(cfg.quarantine, index=False)
+    ReidentifyTable.from_manifest(manifest, origins).write(cfg.reidentify_table)
     return manifest, quarantine
 
 

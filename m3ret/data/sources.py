@@ -27,6 +27,8 @@ from m3ret.data.sniff import sniff_kind
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "group_id", "role")  # required; `dataset`, `modality` optional
 BENCHMARK_ROLES = ("query", "gallery")
+# the `source` of items read from files on disk
+FILES = "files"
 # documentation that travels with data sets; not images, so neither items nor quarantine entries
 _DOC_SUFFIXES = {".md", ".txt", ".rst", ".html", ".pdf", ".json", ".yaml", ".yml", ".csv", ".dvc"}
 
@@ -42,6 +44,7 @@ class ItemRef:
     label: str = ""
     role: str = ""
     group: str = ""
+    source: str = FILES  # where it came from: FILES, or the base URL of a DICOMweb server (m3ret.data.reidentify)
 
 
 Reject = tuple[str, str]
