@@ -8,14 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from m3ret.config import ConfigError, Params, load_params, profile_names, profile_overrides, profile_summary
-from m3ret.data.errors import InputError
+from m3ret.config import (
+    ConfigError,
+    Params,
+    load_params,
+    profile_names,
+    profile_overrides,
+    profile_summary,
+    replace,
+)
+from m3ret.data.errors import InputError, SourceUnavailableError
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError
 
@@ -30,7 +40,8 @@ def cmd_sources(params: Params, args: argparse.Namespace) -> None:
     from m3ret.stages import sources
 
     summary = sources.run(params)
-    print(f"sources: {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB, digest {summary['digest'][:12]}")
+    pacs = f", {summary['dicomweb_series']} DICOMweb series" if "dicomweb_series" in summary else ""
+    print(f"sources: {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB{pacs}, digest {summary['digest'][:12]}")
 
 
 def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
@@ -161,6 +172,25 @@ def cmd_refresh(params: Params, args: argparse.Namespace) -> None:
               f"{len(report['quarantined'])} quarantined, {len(report['deleted'])} deleted")  # fmt: skip
 
 
+def cmd_listen(params: Params, args: argparse.Namespace) -> None:
+    from m3ret.data.dicom_listener import start_listener
+    from m3ret.data.phi import ingest_salt
+
+    given = {"port": args.port, "ae_title": args.ae_title, "spool": args.spool and str(args.spool)}
+    cfg = replace(params.listen, **{key: value for key, value in given.items() if value})
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server = start_listener(cfg, ingest_salt(params.ingest))
+    print(f"listening on {cfg.host}:{cfg.port} as {cfg.ae_title}; spool {cfg.spool}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.ae.shutdown()  # aborts open associations too: a peer that never releases cannot hold the exit
+    print("listener stopped")
+
+
 def cmd_profile(params: Params, args: argparse.Namespace) -> None:
     print(" ".join(f"-S {override}" for override in profile_overrides(args.name)))
 
@@ -178,6 +208,7 @@ COMMANDS = {
     "evaluate": (cmd_evaluate, "retrieval metrics through the index with baselines; the gate publishes the collection"),
     "drift": (cmd_drift, "Evidently embedding-drift report: current vs reference splits, overall and per modality"),
     "refresh": (cmd_refresh, "index new and changed source files now (a new model is gated and published first)"),
+    "listen": (cmd_listen, "receive DICOM instances (C-STORE SCP, C-ECHO) into a spool folder a source ingests"),
     "profile": (cmd_profile, "print a named profile as `dvc exp run` overrides: dvc exp run $(m3ret profile NAME)"),
 }
 
@@ -210,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--level", choices=["frame", "series"], default="series", help="frames or whole series")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--grid", type=Path, default=None, help="write a picture of the query and its hits")
+    listen = commands["listen"]
+    listen.add_argument("--port", type=int, default=None, help="TCP port (default: listen.port)")
+    listen.add_argument("--ae-title", default=None, help="the AE title callers must address (default: listen.ae_title)")
+    listen.add_argument("--spool", type=Path, default=None, help="folder received instances go to (listen.spool)")
     commands["profile"].add_argument("name", help=f"one of: {', '.join(profile_names())}")
     return parser
 
@@ -224,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         COMMANDS[args.command][0](params, args)
-    except (ConfigError, FileNotFoundError, InputError, FilterError, IndexNotReadyError) as err:
+    except (ConfigError, FileNotFoundError, InputError, FilterError, IndexNotReadyError, SourceUnavailableError) as err:
         print(f"m3ret {args.command}: {err}", file=sys.stderr)
         return 2
     return 0
