@@ -53,6 +53,9 @@ def write_study(folder: Path, seed: int, slices: int = 3, size: int = 32, study_
     paths = write_ct_series(
         folder,
         _stripes(seed, slices, size),
+        # square pixels: preprocess letterboxes a volume's slices with their pixel aspect but a single 2-D slice
+        # without it, so only then does a query slice look like its own series' frame
+        spacing=(2.5, 0.7, 0.7),
         seed=seed,
         patient_name=name,
         patient_id=patient_id,
