@@ -13,7 +13,7 @@ from m3ret.stages.report import write_report
 def run(params: Params) -> dict[str, Any]:
     """Scan every source; returns the summary (items, frames, quarantined counts) written to reports/ingest.json."""
     if not params.ingest.sources:
-        raise ConfigError("ingest.sources is empty: list at least one folder or file")
+        raise ConfigError("ingest.sources is empty: list at least one folder, file or DICOMweb server")
     manifest, quarantine = ingest(params.ingest, params.read, ingest_salt(params.ingest))
     summary = ingest_summary(manifest, quarantine)
     write_report("ingest", summary)

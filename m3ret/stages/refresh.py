@@ -179,7 +179,7 @@ def _scan(params: Params, state_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingest every source (the content-hash cache makes unchanged files cheap, the DICOMweb cache fetches only new
     instances) -> (manifest, rejects with the item id their bytes would have, "" when unreadable). Manifest and
     quarantine go to the state folder; the re-identification table is the pipeline's (`ingest.reidentify_table`),
-    rewritten for the sources' current items, the ones this refresh leaves indexed."""
+    rewritten for the sources' current items, so it covers what this refresh indexes."""
     scan = state_dir / "scan"
     cfg = replace(params.ingest, out=str(scan / "manifest.parquet"), quarantine=str(scan / "quarantine.csv"))
     manifest, rejects = ingest(cfg, params.read, ingest_salt(params.ingest))
