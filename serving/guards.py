@@ -7,6 +7,7 @@ limit; so an unauthenticated request is refused before its size is looked at or 
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import bentoml
@@ -20,8 +21,8 @@ UPLOAD_ROUTES = ("/search", "/embed", "/explain")
 # script, style: no data; it asks for the token). Everything else needs `Authorization: Bearer <token>`.
 PUBLIC_ROUTES = ("/healthz", "/health", "/readyz", "/livez", "/")
 PUBLIC_PREFIXES = ("/static/",)
-# where BearerAuth leaves a valid token's scopes for the routes: `request.state.token_scopes`
-TOKEN_SCOPES = "token_scopes"
+# a valid token's scopes, set by BearerAuth for the request it lets through (the routes run in its context)
+_TOKEN_SCOPES: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("token_scopes", default=frozenset())
 # Multipart framing around the files; a body beyond the upload limit by more than this is refused unread.
 _FORM_OVERHEAD = 64 * 1024
 
@@ -42,7 +43,7 @@ class HealthzRoute:
 class BearerAuth:
     """Every route except PUBLIC_ROUTES / PUBLIC_PREFIXES (and /metrics with `serve.public_metrics`) needs a valid
     bearer token: 401 without one or with an unknown one, 403 with a revoked one. The token is never logged; a valid
-    one's scopes are left in the request state (TOKEN_SCOPES)."""
+    one's scopes are what `token_scopes()` returns while the request is served."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -60,7 +61,7 @@ class BearerAuth:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="m3ret"'
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})[TOKEN_SCOPES] = access.scopes
+            _TOKEN_SCOPES.set(access.scopes)
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -68,6 +69,11 @@ class BearerAuth:
         if path in PUBLIC_ROUTES or path.startswith(PUBLIC_PREFIXES):
             return True
         return path == "/metrics" and bentoml.get_current_service().serve_cfg.public_metrics
+
+
+def token_scopes() -> frozenset[str]:
+    """The scopes of the token that the request being served was let in with."""
+    return _TOKEN_SCOPES.get()
 
 
 class UploadLimit:

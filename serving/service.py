@@ -46,10 +46,11 @@ from m3ret.index.vector_index import open_index
 from m3ret.models.explain import overlay_png, similarity_map
 from m3ret.models.query import Query, decode_query, middle_frame
 from serving.encoder_service import MODEL_TAG, Encoder
-from serving.guards import BearerAuth, HealthzRoute, InFlightLimit, UploadLimit
+from serving.guards import BearerAuth, HealthzRoute, InFlightLimit, UploadLimit, token_scopes
 from serving.model_store import imported_settings
 from serving.responses import Refused, error_response, input_refusal, shed_response
-from serving.tokens import TokenStore
+from serving.study_links import StudyLinks
+from serving.tokens import REIDENTIFY, TokenStore
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
@@ -104,6 +105,7 @@ class Retrieval:
         self.read_cfg, self.preprocess_cfg, self.model_version = imported_settings(str(self.encoder_model.tag))
         self.index = open_index(index_cfg)
         self.collection = self.index.collection_name(self.model_version)
+        self.studies = StudyLinks(params.ingest.reidentify_table, params.serve.viewer_url)
         self.thumbnails: Thumbnails | None = None
         try:
             self.thumbnails = Thumbnails(Path(params.preprocess.out), params.serve.thumbnail_size)
@@ -133,7 +135,7 @@ class Retrieval:
     ) -> dict[str, Any]:
         """Multipart `file` -> the k most similar rows; or several `files` -> one ranked list per file, in order
         (`index`; a file that cannot be read gets its status and reason in its place). `k`, `modality` ("" = any) and
-        `level` (series|frame) apply to every file."""
+        `level` (series|frame) apply to every file. A token with the `reidentify` scope also gets each hit's study."""
         uploads = [file] if file is not None else list(files)
         if file is not None and files:
             return error_response(400, "send one `file` or several `files`, not both")
@@ -160,7 +162,8 @@ class Retrieval:
             reason = f"the index serves model {sorted(stale)}, this service embeds with {self.model_version}"
             return error_response(503, reason)
         ranked = iter(hits)
-        results = [self._ranked(q, next(ranked)) if isinstance(q, Query) else q for q in queries]
+        reidentify = REIDENTIFY in token_scopes()
+        results = [self._ranked(q, next(ranked), reidentify) if isinstance(q, Query) else q for q in queries]
         if file is not None:
             [result] = results
             if isinstance(result, Refused):
@@ -266,8 +269,9 @@ class Retrieval:
                 log.exception("decoding an upload failed")
                 return Refused(422, f"cannot decode the file: unexpected {type(err).__name__}")
 
-    def _ranked(self, query: Query, hits: list[Hit]) -> dict[str, Any]:
-        """One file's answer: what the model saw of the query and its ranked hits."""
+    def _ranked(self, query: Query, hits: list[Hit], reidentify: bool) -> dict[str, Any]:
+        """One file's answer: what the model saw of the query and its ranked hits (with their studies when the
+        token may `reidentify`)."""
         preview = to_png(query.preview(), self.serve_cfg.thumbnail_size)
         return {
             "query": {
@@ -276,16 +280,18 @@ class Retrieval:
                 "n_frames": len(query.frames),
                 "preview_png": "data:image/png;base64," + base64.b64encode(preview).decode("ascii"),
             },
-            "hits": [self._hit(rank, hit.score, hit.fields) for rank, hit in enumerate(hits, start=1)],
+            "hits": [self._hit(rank, hit.score, hit.fields, reidentify) for rank, hit in enumerate(hits, start=1)],
         }
 
-    def _hit(self, rank: int, score: float, fields: dict[str, Any]) -> dict[str, Any]:
+    def _hit(self, rank: int, score: float, fields: dict[str, Any], reidentify: bool) -> dict[str, Any]:
         hit: dict[str, Any] = {"rank": rank, "score": round(float(score), 6)}
         hit.update({name: fields.get(name) for name in HIT_FIELDS})
         url = f"/thumbnail/{quote(str(hit['item_id']), safe='')}"
         if hit["level"] == "frame" and int(hit["frame_index"]) >= 0:
             url += f"?frame={int(hit['frame_index'])}"
         hit["thumbnail_url"] = url
+        if reidentify:
+            hit["study"] = self.studies.resolve(str(hit["item_id"]))
         return hit
 
     # ------------------------------------------------------------------------------- page and plain GETs
@@ -302,6 +308,16 @@ class Retrieval:
         except KeyError as err:
             return error_response(404, str(err.args[0]))
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @page.get("/study/{item_id}")
+    def study(self, item_id: str) -> dict[str, Any]:
+        """A hit's study (StudyInstanceUID, SeriesInstanceUID, viewer link): only for a `reidentify` token."""
+        if REIDENTIFY not in token_scopes():
+            return error_response(403, "this token does not have the reidentify scope")
+        study = self.studies.resolve(item_id)
+        if study is None:
+            return error_response(404, f"no study on record for item {item_id!r} (not DICOM, or not ingested here)")
+        return {"item_id": item_id, **study}
 
     @page.get("/health")
     def health(self) -> dict[str, Any]:

@@ -323,3 +323,6 @@ class ServeConfig(Section):
     # batch before the encoder refuses it (503 with Retry-After)
     encoder_max_batch_frames: int = Field(512, ge=1)
     encoder_max_latency_ms: int = Field(20_000, ge=1)
+    # a hit's study link for `reidentify` tokens: {source} (DICOMweb base URL), {study_uid}, {series_uid}; default
+    # the study's WADO-RS URL, e.g. OHIF: https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}
+    viewer_url: str = "{source}/studies/{study_uid}"

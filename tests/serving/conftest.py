@@ -144,16 +144,21 @@ def _write_queries(src: Path, out: Path) -> dict[str, Path]:
     return q
 
 
-def _build_index(root: Path, src: Path, prep_cfg: PreprocessConfig, index_cfg: IndexConfig) -> int:
-    """The pipeline's stages on `src` with the encoder at root/encoder.pt (retrieval model: root/retrieval.pt);
-    returns the number of items."""
-    read_cfg = ReadConfig()
-    sources = (
+def _gallery_sources(src: Path) -> tuple[SourceConfig, ...]:
+    return (
         SourceConfig(path=str(src / "photos"), dataset="photos", modality="photo"),
         SourceConfig(path=str(src / "ct"), dataset="ct"),
         SourceConfig(path=str(src / "mri"), dataset="mri", modality="mr"),
         SourceConfig(path=str(src / "endo"), dataset="endo", modality="endoscopy"),
     )
+
+
+def _build_index(
+    root: Path, sources: tuple[SourceConfig, ...], prep_cfg: PreprocessConfig, index_cfg: IndexConfig
+) -> int:
+    """The pipeline's stages on `sources` with the encoder at root/encoder.pt (retrieval model: root/retrieval.pt;
+    re-identification table: root/reidentify.parquet); returns the number of items."""
+    read_cfg = ReadConfig()
     ingest_cfg = IngestConfig(
         sources=sources,
         out=str(root / "manifest.parquet"),
@@ -251,11 +256,8 @@ class Built:
     revoked: str
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    root = tmp_path_factory.mktemp("serving")
-    src = root / "src"
-    _write_sources(src)
+def build(root: Path, sources: tuple[SourceConfig, ...], queries: dict[str, Path]) -> Built:
+    """A random-init ViT-Ti's index of `sources` in `root`, its encoder imported, params and tokens written."""
     encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=32, patch_size=8))
     save_encoder(root / "encoder.pt", encoder, to_dict(encoder.cfg))
     prep_cfg = PreprocessConfig(out=str(root / "frames"), size=SIZE, workers=1, max_slices_per_plane=8)
@@ -263,6 +265,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         uri=str(root / "milvus" / "m3ret.db"), index_type="FLAT", alias="m3ret_test", collection_prefix="m3ret_test"
     )
     params = {
+        "ingest": {"reidentify_table": str(root / "reidentify.parquet")},
         "preprocess": to_dict(prep_cfg),
         "index": to_dict(index_cfg),
         "serve": {
@@ -277,10 +280,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     tokens.revoke("former")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = _env(root)
-    n_items = _build_index(root, src, prep_cfg, index_cfg)
+    n_items = _build_index(root, sources, prep_cfg, index_cfg)
     env["M3RET_MODEL_TAG"] = _imported_tag(_start_import(root, env))
-    queries = _write_queries(src, root / "queries")
     return Built(root, params, env, queries, encoder.embed_dim, n_items, token, revoked)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("serving")
+    src = root / "src"
+    _write_sources(src)
+    return build(root, _gallery_sources(src), _write_queries(src, root / "queries"))
 
 
 @contextlib.contextmanager
