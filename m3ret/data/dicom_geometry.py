@@ -54,8 +54,9 @@ def slice_order(headers: list[Dataset], frames: list[int]) -> tuple[list[tuple[i
     return [records[i][:2] for i in order], None
 
 
-def slice_spacing(ref: Dataset, positions: np.ndarray | None) -> list[float] | None:
-    """[slice, row, column] spacing in mm; slice from the positions, else SpacingBetweenSlices/SliceThickness."""
+def slice_spacing(ref: Dataset, positions: np.ndarray | None) -> list[float | None] | None:
+    """[slice, row, column] spacing in mm; slice from the positions, else SpacingBetweenSlices/SliceThickness, None
+    when neither is known (a single image keeps its in-plane spacing: its pixels may be oblong)."""
     in_plane = functional(ref, 0, "PixelSpacing", "PixelMeasuresSequence") or ref.get("ImagerPixelSpacing")
     if not in_plane or len(in_plane) != 2:
         return None
@@ -68,8 +69,6 @@ def slice_spacing(ref: Dataset, positions: np.ndarray | None) -> list[float] | N
         if slice_spacing is None:
             value = functional(ref, 0, keyword, "PixelMeasuresSequence")
             slice_spacing = float(value) if value else None
-    if slice_spacing is None:
-        return None
     return [slice_spacing, float(in_plane[0]), float(in_plane[1])]
 
 

@@ -44,12 +44,23 @@ def to_rgb(frames: np.ndarray, channels: str) -> np.ndarray:
     return frames
 
 
-def _plane_stacks(volume: np.ndarray, spacing: list[float] | None, planes: tuple[str, ...]):
+def _spacing(spacing: list[float | None] | None) -> tuple[float, float, float]:
+    """(slice, row, column) spacing for the aspect of cuts: the reader's, with what it does not know filled in (no
+    in-plane spacing: square pixels; no slice spacing: the column spacing, voxels as deep as they are wide)."""
+    if not spacing or len(spacing) != 3:
+        return 1.0, 1.0, 1.0
+    dz, dy, dx = spacing
+    if not (dy and dx):
+        dy = dx = 1.0
+    return float(dz or dx), float(dy), float(dx)
+
+
+def _plane_stacks(volume: np.ndarray, spacing: list[float | None] | None, planes: tuple[str, ...]):
     """Yield (plane, slices [N,h,w,C], row/col pixel aspect) from an axial stack [Z,Y,X,C] (slice 0 inferior).
 
     Coronal and sagittal cuts put superior at the top (z reversed), as radiologists view them.
     """
-    dz, dy, dx = spacing if spacing and len(spacing) == 3 and all(spacing) else (1.0, 1.0, 1.0)
+    dz, dy, dx = _spacing(spacing)
     for plane in planes:
         if plane == "axial":
             yield plane, volume, dy / dx
@@ -89,8 +100,9 @@ def item_frames(frames: np.ndarray, meta: dict[str, Any], cfg: PreprocessConfig)
                     records.append({"plane": plane, "volume_index": v, "frame_index": int(i), "timestamp": np.nan})
     else:
         timestamps = meta.get("timestamps") or [np.nan] * len(frames)
+        _dz, dy, dx = _spacing(meta.get("spacing"))  # one slice of a volume keeps its pixel aspect as in the volume
         for i, frame in enumerate(frames):
-            out.append(letterbox(frame, cfg.size))
+            out.append(letterbox(frame, cfg.size, dy / dx))
             records.append({"plane": "", "volume_index": 0, "frame_index": i, "timestamp": float(timestamps[i])})
     return to_rgb(np.stack(out), cfg.channels), records
 

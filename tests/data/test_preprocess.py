@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dicom_factory import write_ct_series  # noqa: E402
 from mixed_source import build_mixed_source  # noqa: E402
 
 from m3ret.config import IngestConfig, PreprocessConfig, ReadConfig, SourceConfig  # noqa: E402
 from m3ret.data.frame_store import FrameStore  # noqa: E402
 from m3ret.data.ingest import ingest  # noqa: E402
 from m3ret.data.preprocess import item_frames, preprocess, to_rgb  # noqa: E402
+from m3ret.data.readers import read  # noqa: E402
 from m3ret.data.resize import letterbox  # noqa: E402
 
 
@@ -160,3 +162,21 @@ def test_blank_slices_judged_a_few_slices_at_a_time(monkeypatch):
     whole = index[volume.reshape(len(volume), -1).std(axis=1) >= stage.BLANK_STD]
     monkeypatch.setattr(stage, "_STD_CHUNK_VALUES", 250)  # 2 slices per slab, the last one short
     np.testing.assert_array_equal(stage._select_slices(volume, cfg), whole)
+
+
+def test_a_single_slice_keeps_its_pixel_aspect_like_its_volume(tmp_path: Path) -> None:
+    """Oblong pixels (rows 1.5 mm apart, columns 0.75 mm): one DICOM slice is letterboxed with the same proportions as
+    the same slice inside its series, so a query slice looks like its own series' frame."""
+    hu = np.zeros((3, 32, 48), dtype=np.int16) - 1000
+    hu[:, 8:24, 12:36] = 400  # a block 16 rows x 24 columns: 24 mm x 18 mm
+    paths = write_ct_series(tmp_path / "series", hu, spacing=(2.5, 1.5, 0.75))
+    cfg = PreprocessConfig(size=32, drop_blank_slices=False)
+    series_frames, meta = read(tmp_path / "series", ReadConfig())
+    volume, _records = item_frames(series_frames, meta, cfg)
+    single, single_meta = read(paths[1], ReadConfig())
+    one, _ = item_frames(single, single_meta, cfg)
+    assert single_meta["spacing"][1:] == [1.5, 0.75]
+    assert np.array_equal(one[0], volume[1])
+    bright = np.argwhere(one[0, ..., 0] > 128)
+    rows, cols = np.ptp(bright[:, 0]) + 1, np.ptp(bright[:, 1]) + 1
+    assert rows > cols  # 24 mm tall, 18 mm wide: taller than wide, as in the body
