@@ -14,6 +14,7 @@ from m3ret.config.sections import (
     DemoDataConfig,
     DriftConfig,
     EmbedConfig,
+    EngineConfig,
     EvaluateConfig,
     IndexConfig,
     PreprocessConfig,
@@ -35,6 +36,7 @@ class Params(BaseModel):
     demo_data: DemoDataConfig = Field(default_factory=DemoDataConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)

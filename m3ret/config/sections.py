@@ -188,6 +188,40 @@ class PretrainConfig(Section):
         return self
 
 
+# --------------------------------------------------------------------------------------------- engine
+class EngineConfig(Section):
+    """Where ingest, preprocess and embed do their per-item work (m3ret/engines); outputs are the same either way.
+
+    `local`: this machine, as `ingest.workers` / `preprocess.workers` processes and one embed process; nothing else
+    starts and ray is not imported. `ray`: a Ray cluster at `ray_address`: "" starts a Ray of `local_cpus` CPUs
+    (0: all) for the run and stops it after, `auto` joins the cluster this node belongs to (`ray start` ran here),
+    `ray://head:10001` a remote cluster through Ray Client (any `ray.init` address works). Decoding runs as Ray tasks
+    of `items_per_task` items, each reserving `cpus_per_task` CPUs; embedding as `embed_actors` actors (0: as many
+    as the cluster has GPUs, or CPUs when it has none, over `num_gpus_per_actor` / `cpus_per_task`), each loading the
+    encoder once and holding `num_gpus_per_actor` GPUs (null: 1 when the cluster has GPUs, else 0). Finished parts
+    are kept in `journal_dir` under the content hash of their inputs until the step completes, so a killed run
+    started again redoes only what is missing. Every node must see the sources and these folders at the same paths
+    (a shared filesystem) and have m3ret's dependencies installed; the m3ret code itself travels with the job.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    local_cpus: int = 0
+    items_per_task: int = 4
+    cpus_per_task: float = 1.0
+    embed_actors: int = 0
+    num_gpus_per_actor: float | None = None
+    journal_dir: str = "data/cache/engine"
+
+    @model_validator(mode="after")
+    def _positive(self) -> EngineConfig:
+        if self.items_per_task < 1 or self.cpus_per_task <= 0 or self.embed_actors < 0 or self.local_cpus < 0:
+            raise ValueError("items_per_task >= 1, cpus_per_task > 0, embed_actors >= 0 and local_cpus >= 0")
+        if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
+            raise ValueError("num_gpus_per_actor must be >= 0 (or null: 1 when the cluster has GPUs)")
+        return self
+
+
 # ---------------------------------------------------------------------------------------------- embed
 class EmbedConfig(Section):
     """Frame and item embeddings of every stored frame, with the encoder exported by pretraining.

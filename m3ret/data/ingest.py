@@ -21,7 +21,7 @@ import pandas as pd
 from m3ret.config import IngestConfig, ReadConfig, to_dict
 from m3ret.data.dicomweb_source import enumerate_dicomweb
 from m3ret.data.errors import InputError
-from m3ret.data.parallel import ItemCrash, parallel_map
+from m3ret.data.parallel import ItemCrash, ItemMap, parallel_map
 from m3ret.data.phi import anonymise, salted_hash
 from m3ret.data.readers import item_entries, read_item
 from m3ret.data.reidentify import ReidentifyTable
@@ -178,10 +178,13 @@ def _ingest_one(job: _Job) -> tuple[list[dict[str, Any]], list[Rejected]]:
     return rows, rejects
 
 
-def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ingest(
+    cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes, map_items: ItemMap = parallel_map
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan cfg.sources, decode-check every item (parallel, cached by content), write the manifest parquet, the
     quarantine CSV and the re-identification table. Returns (manifest, quarantine). The same content found twice is
-    one item; the copy is reported. A DICOMweb source that cannot be listed raises SourceUnavailableError."""
+    one item; the copy is reported. A DICOMweb source that cannot be listed raises SourceUnavailableError.
+    `map_items` runs the per-item work (`_ingest_one`): this machine's process pool, or an engine's cluster."""
     refs: list[ItemRef] = []
     rejects: list[Rejected] = []
     for source in cfg.sources:
@@ -196,7 +199,7 @@ def ingest(cfg: IngestConfig, read_cfg: ReadConfig, salt: bytes) -> tuple[pd.Dat
     jobs = [_Job(ref, read_cfg, salt, cfg.cache_dir, cache_key) for ref in refs]
     rows: list[dict[str, Any]] = []
     origins: dict[str, str] = {}  # item id -> its source, for the re-identification table
-    for job, result in zip(jobs, parallel_map(_ingest_one, jobs, cfg.workers, desc="ingest"), strict=True):
+    for job, result in zip(jobs, map_items(_ingest_one, jobs, cfg.workers, "ingest"), strict=True):
         if isinstance(result, ItemCrash):
             rejects += [(p, result.reason, "") for p in job.ref.paths]
             continue

@@ -6,6 +6,7 @@ Items that fail to decode now (a file changed since ingest) are quarantined, nev
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from m3ret.config import PreprocessConfig, ReadConfig, to_dict
 from m3ret.data.errors import InputError
 from m3ret.data.frame_store import FRAME_COLUMNS, ShardWriter, write_frames_table
 from m3ret.data.ingest import QUARANTINE_COLUMNS
-from m3ret.data.parallel import ItemCrash, parallel_map
+from m3ret.data.parallel import ItemCrash, ItemMap, parallel_map
 from m3ret.data.readers import read_item
 from m3ret.data.resize import letterbox
 
@@ -139,26 +140,32 @@ def _preprocess_one(job: _Job) -> list[_Result]:
     return results
 
 
-def _jobs(manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig) -> list[_Job]:
-    """One job per file (or series): the items that share their files, in manifest order."""
-    jobs = []
+def _jobs(manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig) -> tuple[list[_Job], list[str]]:
+    """One job per file (or series): the items that share their files, in manifest order; and each job's key, a
+    hash of what its result is a function of (files by path and content hash, entries, frame and read settings)."""
+    jobs, keys = [], []
+    settings = json.dumps([frame_settings(cfg), to_dict(read_cfg)], sort_keys=True)
     for paths, group in manifest.groupby("paths", sort=False):
         reader = group.reader.iloc[0]
         jobs.append(_Job(reader, tuple(json.loads(paths)), tuple(group.item_id), tuple(group.entry), cfg, read_cfg))
-    return jobs
+        inputs = json.dumps([reader, paths, list(group.content_hash), list(group.entry), settings])
+        keys.append(hashlib.sha256(inputs.encode()).hexdigest())
+    return jobs, keys
 
 
 def preprocess(
-    manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig
+    manifest: pd.DataFrame, cfg: PreprocessConfig, read_cfg: ReadConfig, map_items: ItemMap = parallel_map
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write shards and `frames.parquet` under cfg.out; returns (frames table, quarantine of failed items)."""
+    """Write shards and `frames.parquet` under cfg.out; returns (frames table, quarantine of failed items).
+    `map_items` runs the per-item work (`_preprocess_one`): this machine's process pool, or an engine's cluster;
+    the shards are written here, in manifest order, whichever ran it."""
     root = Path(cfg.out)
     writer = ShardWriter(root, cfg.size, cfg.shard_frames)
     tables: list[pd.DataFrame] = []
     rejects: list[tuple[str, str, str, str]] = []
     paths_of = {item_id: json.loads(paths) for item_id, paths in zip(manifest.item_id, manifest.paths, strict=True)}
-    jobs = _jobs(manifest, cfg, read_cfg)
-    for job, results in zip(jobs, parallel_map(_preprocess_one, jobs, cfg.workers, desc="preprocess"), strict=True):
+    jobs, keys = _jobs(manifest, cfg, read_cfg)
+    for job, results in zip(jobs, map_items(_preprocess_one, jobs, cfg.workers, "preprocess", keys), strict=True):
         if isinstance(results, ItemCrash):
             results = [(item_id, None, results.reason, []) for item_id in job.item_ids]
         for item_id, frames, records, dropped in results:
