@@ -1,8 +1,8 @@
 """The import graph of m3ret, flows and serving: imports run one way, downward through the layers, with no cycle.
 
-Layers, lowest first: config <- data <- models <- train / index <- eval / monitoring <- stages <- cli; flows and
-serving sit on top and m3ret never imports them. Within a layer a package imports only itself (train and index do
-not know each other, nor do eval and monitoring). Every import counts, also those inside functions.
+Layers, lowest first: config <- data <- models <- train / index <- eval / monitoring / engines <- stages <- cli; flows
+and serving sit on top and m3ret never imports them. Within a layer a package imports only itself (train and index do
+not know each other, nor do eval, monitoring and engines). Every import counts, also those inside functions.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ RANK = {
     "m3ret.index": 3,
     "m3ret.eval": 4,
     "m3ret.monitoring": 4,
+    "m3ret.engines": 4,  # where stages run their per-item work (local processes or Ray); uses data and models
     "m3ret.stages": 5,
     "m3ret.cli": 6,
     "flows": 7,

@@ -23,9 +23,10 @@ import torch
 
 from m3ret.config import EmbedConfig, Params, PreprocessConfig, ReadConfig, ReadoutConfig, to_dict
 from m3ret.data.frame_store import FrameStore
+from m3ret.engines import Engine, open_engine
+from m3ret.engines.local import LOCAL
 from m3ret.models.embedding_set import EMBED_INFO, ITEM_FACTS, EmbeddingSet
 from m3ret.models.encoder import Encoder, load_encoder
-from m3ret.models.frame_vectors import pool_frames
 from m3ret.models.model_version import file_digest, frames_settings, model_version
 from m3ret.models.readout import fit_and_project
 from m3ret.stages.report import write_report
@@ -65,17 +66,17 @@ def _inputs_id(
 
 
 def _pool(
-    cfg: EmbedConfig, model: str, frames_dir: Path, n_frames: int, readout: ReadoutConfig | None = None
+    cfg: EmbedConfig, model: str, frames_dir: Path, n_frames: int, engine: Engine, readout: ReadoutConfig | None = None
 ) -> tuple[Encoder, torch.Tensor, float]:
     """(the encoder in `model`, its readout's pooling set to `readout` when given; the pooled vectors of the
-    store's frames [n_frames, D']; the seconds they took)."""
+    store's frames [n_frames, D'], computed where `engine` runs them; the seconds they took)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = load_encoder(model, "cuda" if torch.cuda.is_available() else "cpu")
     if readout is not None:
         encoder.set_readout(readout.pooling, readout.grid)
     tic = time.perf_counter()
-    pooled = pool_frames(encoder, frames_dir, n_frames, cfg.batch_size, cfg.workers)
+    pooled = engine.pool_frames(encoder, frames_dir, n_frames, cfg.batch_size, cfg.workers)
     return encoder, pooled, time.perf_counter() - tic
 
 
@@ -87,9 +88,11 @@ def embed_store(
     splits: pd.DataFrame,
     preprocess: PreprocessConfig,
     read: ReadConfig,
+    engine: Engine = LOCAL,
 ) -> dict[str, Any]:
     """`cfg.encoder` + the `readout` fitted on the fit splits' frames -> the retrieval model `cfg.model`, and the
-    EmbeddingSet folder `cfg.out` (module docstring); returns the summary stored in its embed.json."""
+    EmbeddingSet folder `cfg.out` (module docstring); returns the summary stored in its embed.json. The frames go
+    through the encoder where `engine` runs them (`m3ret.engines`); the fit and the files are made here."""
     store = FrameStore(frames_dir)
     frames, items = _frame_table(store, manifest, splits)
     fingerprint = _fingerprint(frames, items)
@@ -100,7 +103,7 @@ def embed_store(
         if done.get("inputs") == inputs and done.get("model_version") == model_version(cfg.model, preprocess, read):
             log.info("embed: encoder, readout and frames unchanged; nothing to do")
             return done
-    encoder, pooled, seconds = _pool(cfg, cfg.encoder, frames_dir, len(store), readout)
+    encoder, pooled, seconds = _pool(cfg, cfg.encoder, frames_dir, len(store), engine, readout)
     fit_rows = torch.from_numpy(frames["split"].isin(readout.fit_splits).to_numpy())
     if readout.whiten and int(fit_rows.sum()) < 2:
         raise ValueError(f"readout.whiten: fewer than 2 frames in readout.fit_splits={list(readout.fit_splits)}")
@@ -118,12 +121,13 @@ def embed_with_retrieval_model(
     splits: pd.DataFrame,
     preprocess: PreprocessConfig,
     read: ReadConfig,
+    engine: Engine = LOCAL,
 ) -> dict[str, Any]:
     """New frames (a refresh batch) through the published retrieval model `cfg.model` as it is, its readout not
     refitted, so they land in the same space as the indexed vectors; writes the EmbeddingSet folder `cfg.out`."""
     store = FrameStore(frames_dir)
     frames, items = _frame_table(store, manifest, splits)
-    encoder, pooled, seconds = _pool(cfg, cfg.model, frames_dir, len(store))
+    encoder, pooled, seconds = _pool(cfg, cfg.model, frames_dir, len(store), engine)
     vectors = encoder.readout.project(pooled.to(encoder.pixel_mean.device)).cpu().numpy()
     info = {"fingerprint": _fingerprint(frames, items), "images_per_s": _rate(len(frames), seconds)}
     version = model_version(cfg.model, preprocess, read)
@@ -140,16 +144,18 @@ def _export_retrieval_model(path: Path, encoder: Encoder) -> None:
 
 
 def run(params: Params) -> dict[str, Any]:
-    """`embed_store` on the pipeline's own frame store, manifest and splits, where params.yaml puts them; the
-    summary also goes to reports/embed.json."""
-    summary = embed_store(
-        params.embed,
-        params.readout,
-        Path(params.preprocess.out),
-        pd.read_parquet(params.ingest.out),
-        pd.read_parquet(params.split.out),
-        params.preprocess,
-        params.read,
-    )
+    """`embed_store` on the pipeline's own frame store, manifest and splits, where params.yaml puts them, on the
+    `engine` section's engine; the summary also goes to reports/embed.json."""
+    with open_engine(params.engine) as engine:
+        summary = embed_store(
+            params.embed,
+            params.readout,
+            Path(params.preprocess.out),
+            pd.read_parquet(params.ingest.out),
+            pd.read_parquet(params.split.out),
+            params.preprocess,
+            params.read,
+            engine,
+        )
     write_report("embed", summary)
     return summary

@@ -3,6 +3,7 @@
 Items are known by content hash (ingest's item id), so an unchanged file is skipped, a changed file is a new item
 whose old rows are deleted, and a file that vanished has its rows deleted. Only new items are preprocessed and
 embedded, with the published model; the ledger (`m3ret.index.ledger`) is updated after the index holds the batch.
+Ingest, preprocess and embed run on the `engine` section's engine; only this process writes the index.
 
 A new model (the encoder's version differs from the published collection's) is not mixed into the old collection:
 `rebuild_for_new_model` builds its own collection from the embed stage's output, and publishes it only when the
@@ -16,6 +17,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from m3ret.data.ingest import content_hash, ingest
 from m3ret.data.phi import ingest_salt
 from m3ret.data.preprocess import preprocess
 from m3ret.data.splits import make_splits
+from m3ret.engines import Engine, open_engine
 from m3ret.index.ledger import (
     BATCH_REPORT,
     BATCHES_DIR,
@@ -126,8 +129,7 @@ def refresh(
     """
     state_dir = Path(state_dir)
     batch = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    index = open_index(params.index)
-    try:
+    with closing(open_index(params.index)) as index, open_engine(params.engine) as engine:
         version = encoder_version(params)
         collection = index.current()
         if collection != index.collection_name(version):
@@ -136,7 +138,7 @@ def refresh(
                 f"{collection or 'no collection'}: build, gate and publish the new model first"
             )
         drop_unfinished_batches(state_dir)
-        manifest, rejects = _scan(params, state_dir)
+        manifest, rejects = _scan(params, state_dir, engine)
         ledger = reconcile(load_ledger(state_dir), index, collection, version, manifest)
         report = RefreshReport(batch=batch, model_version=version)
         new = manifest[~manifest["item_id"].isin(ledger["item_id"])]
@@ -146,8 +148,9 @@ def refresh(
         fresh_rejects = rejects[~rejects["item_id"].isin(ledger["item_id"]) | (rejects["item_id"] == "")]
         report.quarantined = list(zip(fresh_rejects["path"], fresh_rejects["reason"], strict=True))
         entries = [_quarantined_entries(fresh_rejects[~fresh_rejects["item_id"].isin(manifest["item_id"])], batch)]
+        batch_dir = state_dir / BATCHES_DIR / batch
         if len(new):
-            indexed, failed = _index_batch(params, index, collection, new, state_dir / BATCHES_DIR / batch, on_step)
+            indexed, failed = _index_batch(params, index, engine, collection, new, batch_dir, on_step)
             report.added = dict(zip(indexed["item_id"], indexed["path"], strict=True))
             report.quarantined += list(zip(failed["path"], failed["reason"], strict=True))
             entries += [_ledger_rows(indexed, "indexed", version, batch), _quarantined_entries(failed, batch)]
@@ -156,7 +159,6 @@ def refresh(
             if on_step:
                 on_step("delete")
         if report.added or report.deleted or report.quarantined:
-            batch_dir = state_dir / BATCHES_DIR / batch
             batch_dir.mkdir(parents=True, exist_ok=True)
             (batch_dir / BATCH_REPORT).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         # quarantined content no source holds any more (a fixed or removed file) is forgotten with it
@@ -171,18 +173,16 @@ def refresh(
             batch, len(report.added), report.skipped, len(report.quarantined), len(report.deleted),
         )  # fmt: skip
         return report
-    finally:
-        index.close()
 
 
-def _scan(params: Params, state_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _scan(params: Params, state_dir: Path, engine: Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingest every source (the content-hash cache makes unchanged files cheap, the DICOMweb cache fetches only new
     instances) -> (manifest, rejects with the item id their bytes would have, "" when unreadable). Manifest and
     quarantine go to the state folder; the re-identification table is the pipeline's (`ingest.reidentify_table`),
     rewritten for the sources' current items, so it covers what this refresh indexes."""
     scan = state_dir / "scan"
     cfg = replace(params.ingest, out=str(scan / "manifest.parquet"), quarantine=str(scan / "quarantine.csv"))
-    manifest, rejects = ingest(cfg, params.read, ingest_salt(params.ingest))
+    manifest, rejects = ingest(cfg, params.read, ingest_salt(params.ingest), engine.map_items)
     rejects = rejects.assign(item_id=[_item_id_of(p) for p in rejects["path"]])
     return manifest, rejects.drop_duplicates("path")
 
@@ -197,6 +197,7 @@ def _item_id_of(path: str) -> str:
 def _index_batch(
     params: Params,
     index: VectorIndex,
+    engine: Engine,
     collection: str,
     new: pd.DataFrame,
     batch_dir: Path,
@@ -206,7 +207,7 @@ def _index_batch(
     batch_dir.mkdir(parents=True, exist_ok=True)
     new.to_parquet(batch_dir / "manifest.parquet", index=False)
     frames_dir = batch_dir / "frames"
-    frames, rejects = preprocess(new, replace(params.preprocess, out=str(frames_dir)), params.read)
+    frames, rejects = preprocess(new, replace(params.preprocess, out=str(frames_dir)), params.read, engine.map_items)
     done = new[new["item_id"].isin(frames["item_id"])]
     reasons = dict(zip(rejects["path"], rejects["reason"], strict=False))
     failed = new.loc[~new["item_id"].isin(done["item_id"]), ["item_id", "path"]]
@@ -216,7 +217,7 @@ def _index_batch(
     # the split rule is a keyed hash of the group, so these items land where a full rerun would put them
     splits = make_splits(done, params.split)
     summary = embed.embed_with_retrieval_model(
-        replace(params.embed, out=str(batch_dir)), frames_dir, done, splits, params.preprocess, params.read
+        replace(params.embed, out=str(batch_dir)), frames_dir, done, splits, params.preprocess, params.read, engine
     )
     if index.collection_name(summary["model_version"]) != collection:
         raise ModelVersionError(f"the encoder changed during the refresh (now {summary['model_version']})")
