@@ -1,6 +1,8 @@
 """The refresh flow: gate and publish a new model when there is one, then index the sources' new and changed files.
 
 Thin glue: each task is one `m3ret.stages.refresh` call; what passes between tasks is small (paths, ids, counts).
+Ingest, preprocess and embed run where params.yaml's `engine` section says (this process, or a Ray cluster whose
+driver is this process); the index is written from here alone.
 """
 
 from __future__ import annotations

@@ -90,11 +90,14 @@ class RayCluster:
             self._ray_start("--head", "--port", str(self.port), "--ray-client-server-port", str(free_port()),
                             "--include-dashboard=false", "--temp-dir", str(self.root / "tmp"))  # fmt: skip
             for _ in range(self.worker_nodes):
-                self._ray_start("--address", self.address)
+                self.add_worker_node()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def add_worker_node(self) -> None:
+        self._ray_start("--address", self.address)
 
     def processes(self) -> list[psutil.Process]:
         """The live processes that carry this cluster's marker: its nodes, their workers, drivers given `env`."""
