@@ -41,6 +41,8 @@ class EmbedShards:
     """A Ray Data actor: the encoder, loaded once; each call pools the frames [start, stop) of one shard."""
 
     def __init__(self, encoder: Encoder, frames_dir: str, journal: Journal, model_key: str, batch_size: int) -> None:
+        # as many threads as CPUs held: a reused worker keeps the thread count torch got when a 1-CPU task imported it
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.encoder = encoder.to(self.device).eval()
         self.store = FrameStore(frames_dir)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import ray
 import torch
-from ray.exceptions import NodeDiedError, WorkerCrashedError
+from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
 from tqdm import tqdm
 
 from m3ret.config import EngineConfig
@@ -36,8 +36,8 @@ A = TypeVar("A")
 R = TypeVar("R")
 PACKAGE = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
-# a worker or its node gone: the item's code did not raise, its process died
-_DEATHS = (WorkerCrashedError, NodeDiedError)
+# the task's process died (a signal, Ray's memory monitor, its node lost): its code raised nothing
+_DEATHS = (WorkerCrashedError, OutOfMemoryError, NodeDiedError)
 
 
 def _run_chunk(fn: Callable[[A], R], items: list[A], cwd: str, journal_root: str | None, keys: list[str] | None):
@@ -86,12 +86,22 @@ class RayEngine:
             self._owns_ray = False
         self._task = None
 
-    def _submit(self, fn: Callable, items: list, journal: Journal | None, keys: list[str] | None) -> ray.ObjectRef:
-        root = str(journal.root) if journal else None
-        return self._task.options(num_cpus=self.cfg.cpus_per_task).remote(fn, items, self.cwd, root, keys)
+    def _submit(
+        self, fn: Callable, items: Sequence, indices: list[int], journal: Journal | None, keys: Sequence[str] | None
+    ) -> ray.ObjectRef:
+        """One task of fn over items[indices], journalling under their keys when there is a journal."""
+        root, batch_keys = (str(journal.root), [keys[i] for i in indices]) if journal else (None, None)
+        task = self._task.options(num_cpus=self.cfg.cpus_per_task)
+        return task.remote(fn, [items[i] for i in indices], self.cwd, root, batch_keys)
 
     def _collect(
-        self, fn: Callable, items: Sequence, indices: list[int], ref: ray.ObjectRef, journal: Journal | None, keys
+        self,
+        fn: Callable,
+        items: Sequence,
+        indices: list[int],
+        ref: ray.ObjectRef,
+        journal: Journal | None,
+        keys: Sequence[str] | None,
     ) -> dict[int, Any]:
         """{index: result} of one task; a task that died is retried an item per task to find the item that kills."""
         try:
@@ -101,7 +111,7 @@ class RayEngine:
             if len(indices) == 1:
                 return {indices[0]: ItemCrash(CRASH_REASON)}
         results = {i: journal.load(keys[i]) for i in indices if journal and journal.has(keys[i])}
-        alone = {i: self._submit(fn, [items[i]], journal, keys and [keys[i]]) for i in indices if i not in results}
+        alone = {i: self._submit(fn, items, [i], journal, keys) for i in indices if i not in results}
         for i, solo in alone.items():
             results.update(self._collect(fn, items, [i], solo, journal, keys))
         return results
@@ -131,8 +141,7 @@ class RayEngine:
                 while i not in results:
                     while chunks and len(pending) < window:
                         chunk = chunks.popleft()
-                        batch_keys = [keys[j] for j in chunk] if journal else None
-                        pending.append((chunk, self._submit(fn, [items[j] for j in chunk], journal, batch_keys)))
+                        pending.append((chunk, self._submit(fn, items, chunk, journal, keys)))
                     chunk, ref = pending.popleft()
                     results.update(self._collect(fn, items, chunk, ref, journal, keys))
                 yield results.pop(i)
