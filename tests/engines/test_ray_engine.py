@@ -29,29 +29,26 @@ import pandas as pd
 import psutil
 import pytest
 import ray
-import torch
 import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from mixed_source import HOSTILE, build_mixed_source  # noqa: E402
 from ray_cluster import MARKER, marked_processes  # noqa: E402
+from tiny_world import SIZE  # noqa: E402  (the encoder's frame size; conftest puts tests/flows on the path)
 
-from m3ret.config import EngineConfig, ModelConfig, load_params, to_dict  # noqa: E402
+from m3ret.config import EngineConfig, load_params  # noqa: E402
 from m3ret.data.frame_store import FrameStore  # noqa: E402
 from m3ret.data.parallel import CRASH_REASON, ItemCrash  # noqa: E402
 from m3ret.data.preprocess import preprocess  # noqa: E402
 from m3ret.engines import open_engine  # noqa: E402
 from m3ret.engines.ray_engine import RayEngine  # noqa: E402
 from m3ret.models.embedding_set import EmbeddingSet  # noqa: E402
-from m3ret.models.encoder import build_encoder  # noqa: E402
 from m3ret.stages import embed, ingest, split  # noqa: E402
 from m3ret.stages import preprocess as preprocess_stage  # noqa: E402
-from m3ret.train.checkpoint import save_encoder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-SIZE = 32
 N_PNG = 24
 # the test module's functions travel to the workers by value (they cannot import it)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -66,16 +63,6 @@ def corpus(tmp_path_factory) -> Path:
     for i in range(N_PNG):
         Image.fromarray(rng.integers(0, 256, size=(48, 40), dtype=np.uint8)).save(root / "png" / f"{i:02d}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def encoder_file(tmp_path_factory) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=SIZE, patch_size=8))
-    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
-    save_encoder(path, encoder, to_dict(encoder.cfg))
-    return path
 
 
 def _world(root: Path, corpus: Path, encoder: Path, engine: dict) -> Path:

@@ -11,30 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "flows"))
-from tiny_world import N_IMAGES, SIZE, build_world, publish, write_png  # noqa: E402
+from tiny_world import N_IMAGES, build_world, publish, write_png  # noqa: E402
 
-from m3ret.config import EngineConfig, ModelConfig, load_params, to_dict  # noqa: E402
+from m3ret.config import EngineConfig, load_params  # noqa: E402
 from m3ret.index.filters import SearchFilter  # noqa: E402
 from m3ret.index.ledger import latest_batch  # noqa: E402
 from m3ret.index.milvus_index import MilvusIndex  # noqa: E402
 from m3ret.models.embedding_set import EmbeddingSet  # noqa: E402
-from m3ret.models.encoder import build_encoder  # noqa: E402
 from m3ret.stages.refresh import refresh  # noqa: E402
-from m3ret.train.checkpoint import save_encoder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=SIZE, patch_size=8))
-    encoder_file = tmp_path_factory.mktemp("encoder") / "encoder.pt"
-    save_encoder(encoder_file, encoder, to_dict(encoder.cfg))
+def template(tmp_path_factory, encoder_file) -> Path:
     root = tmp_path_factory.mktemp("template")
     build_world(root, encoder_file)
     return root

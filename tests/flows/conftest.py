@@ -18,24 +18,15 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-from tiny_world import SIZE, build_world, publish  # noqa: E402
+from tiny_world import build_world, publish, write_encoder  # noqa: E402
 
-from m3ret.config import ModelConfig, Params, load_params, to_dict  # noqa: E402
-from m3ret.models.encoder import build_encoder  # noqa: E402
-from m3ret.train.checkpoint import save_encoder  # noqa: E402
+from m3ret.config import Params, load_params  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def encoder_file(tmp_path_factory) -> Path:
-    """A random ViT-Ti (32 px, patch 8, seed 0) exported as pretraining would; never trained, never downloaded.
-    Seeded: otherwise its weights, and the drift test's verdict, depend on which tests drew random numbers first."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=SIZE, patch_size=8))
-    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
-    save_encoder(path, encoder, to_dict(encoder.cfg))
-    return path
+    """`tiny_world.write_encoder`: a random, seeded ViT-Ti at the world's frame size."""
+    return write_encoder(tmp_path_factory.mktemp("encoder") / "encoder.pt")
 
 
 @pytest.fixture(scope="session")

@@ -8,19 +8,34 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
-from m3ret.config import Params, load_params
+from m3ret.config import ModelConfig, Params, load_params, to_dict
 from m3ret.index.milvus_index import MilvusIndex
 from m3ret.models.embedding_set import EmbeddingSet
+from m3ret.models.encoder import build_encoder
 from m3ret.stages import embed, ingest, preprocess, split
 from m3ret.stages.index import build_collection
+from m3ret.train.checkpoint import save_encoder
 
 SALT = b"flows-tests-salt-0123456789abcdef"
 SIZE = 32
 # enough reference items (pretrain + gallery splits) for a drift test: Evidently needs at least 16 rows a side
 N_IMAGES = 24
+
+
+def write_encoder(path: Path, size: int = SIZE) -> Path:
+    """A random ViT-Ti (`size` px, patch 8, seed 0) exported as pretraining would; never trained, never downloaded.
+    Seeded without touching the global generator: otherwise its weights (and a drift verdict) would depend on which
+    tests drew random numbers first."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = build_encoder(ModelConfig(name="vit_tiny_patch16_224", img_size=size, patch_size=8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_encoder(path, encoder, to_dict(encoder.cfg))
+    return path
 
 
 def write_png(path: Path, seed: int) -> Path:
