@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from m3ret.data.reidentify import ReidentifyTable
-
 from m3ret.data.sources import FILES
 
 
