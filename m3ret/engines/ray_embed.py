@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,11 @@ class EmbedShards:
         digest.update(frames.tobytes())
         key = digest.hexdigest()
         computed = not self.journal.has(key)
+        tic = time.perf_counter()
         if computed:
             self.journal.save(key, self.encoder.pooled(frames, batch_size=self.batch_size).numpy())
-        return {"start": [start], "stop": [stop], "key": [key], "computed": [computed]}
+        seconds = time.perf_counter() - tic
+        return {"start": [start], "stop": [stop], "key": [key], "computed": [computed], "seconds": [seconds]}
 
 
 def _pool_size(cfg: EngineConfig, shards: int) -> tuple[int, float]:
@@ -72,14 +75,15 @@ def _pool_size(cfg: EngineConfig, shards: int) -> tuple[int, float]:
 def embed_on_ray(
     cfg: EngineConfig, journal: Journal, encoder: Encoder, frames_dir: Path, n_frames: int, batch_size: int
 ) -> tuple[torch.Tensor, dict[str, int]]:
-    """(pooled vectors float32 [n_frames, D'] of the store's frames in order, {"computed", "from_journal"} shards).
-    The shards' vector files are discarded once they are all read back."""
+    """(pooled vectors float32 [n_frames, D'] of the store's frames in order, `RayEngine.stats` of its shards, plus
+    `actor_s`: the seconds the actors spent in the encoder). The shards' vector files are discarded once read back."""
+    tic, first = time.perf_counter(), None
     store = FrameStore(frames_dir)
     if len(store) != n_frames:
         raise ValueError(f"{frames_dir} holds {len(store)} frames, not {n_frames}")
     out = torch.empty((n_frames, encoder.readout.pooled_dim), dtype=torch.float32)
     if n_frames == 0:
-        return out, {"computed": 0, "from_journal": 0}
+        return out, {"computed": 0, "from_journal": 0, "first_result_s": 0.0, "seconds": 0.0, "actor_s": 0.0}
     shard_of = store.table["shard"].to_numpy()
     bounds = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), n_frames]
     runs = [{"start": a, "stop": b} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -94,10 +98,13 @@ def embed_on_ray(
         num_cpus=cfg.cpus_per_task,
         num_gpus=gpus,
     )
-    computed, keys = 0, []
+    computed, actor_s, keys = 0, 0.0, []
     for row in tqdm(vectors.iter_rows(), total=len(runs), desc="embed", unit="shard", dynamic_ncols=True):
+        first = first or time.perf_counter() - tic
         out[int(row["start"]) : int(row["stop"])] = torch.from_numpy(journal.load(row["key"]))
         computed += bool(row["computed"])
+        actor_s += float(row["seconds"])
         keys.append(row["key"])
     journal.discard(keys)
-    return out, {"computed": computed, "from_journal": len(runs) - computed}
+    seconds = {"first_result_s": round(first, 3), "seconds": round(time.perf_counter() - tic, 3)}
+    return out, {"computed": computed, "from_journal": len(runs) - computed, **seconds, "actor_s": round(actor_s, 3)}

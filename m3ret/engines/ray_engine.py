@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -56,8 +57,9 @@ def _run_chunk(fn: Callable[[A], R], items: list[A], cwd: str, journal_root: str
 
 
 class RayEngine:
-    """`engine.kind: ray` (module docstring). `stats[desc]` says, per step, how many items or shards were computed
-    and how many were found in the journal."""
+    """`engine.kind: ray` (module docstring). `stats[desc]` says, per step, how many items (embed: shards) were
+    computed and how many found in the journal, the seconds to the first result (the cluster's start-up: workers
+    started, code imported, the first task done) and in all."""
 
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
@@ -124,6 +126,7 @@ class RayEngine:
         finished, so a killed run started again computes only what it had not finished; the journal of these keys
         is discarded once every result has been handed over."""
         self._connect()
+        tic, first = time.perf_counter(), None
         journal = Journal(self.journal_root / desc) if keys is not None else None
         found = [journal.has(key) for key in keys] if journal else [False] * len(items)
         todo = [i for i in range(len(items)) if not found[i]]
@@ -134,23 +137,22 @@ class RayEngine:
         bar = tqdm(total=len(items), desc=desc, unit="item", dynamic_ncols=True, mininterval=1.0)
         try:
             for i in range(len(items)):
-                if found[i]:
-                    yield journal.load(keys[i])
-                    bar.update()
-                    continue
-                while i not in results:
-                    while chunks and len(pending) < window:
-                        chunk = chunks.popleft()
-                        pending.append((chunk, self._submit(fn, items, chunk, journal, keys)))
-                    chunk, ref = pending.popleft()
-                    results.update(self._collect(fn, items, chunk, ref, journal, keys))
-                yield results.pop(i)
+                if not found[i]:
+                    while i not in results:
+                        while chunks and len(pending) < window:
+                            chunk = chunks.popleft()
+                            pending.append((chunk, self._submit(fn, items, chunk, journal, keys)))
+                        chunk, ref = pending.popleft()
+                        results.update(self._collect(fn, items, chunk, ref, journal, keys))
+                first = first or time.perf_counter() - tic
+                yield journal.load(keys[i]) if found[i] else results.pop(i)
                 bar.update()
         finally:
             for _chunk, ref in pending:
                 ray.cancel(ref, force=True)
             bar.close()
-        self.stats[desc] = {"computed": len(todo), "from_journal": len(items) - len(todo)}
+        seconds = {"first_result_s": round(first or 0.0, 3), "seconds": round(time.perf_counter() - tic, 3)}
+        self.stats[desc] = {"computed": len(todo), "from_journal": len(items) - len(todo), **seconds}
         if journal:
             journal.discard(keys)
 

@@ -147,7 +147,7 @@ def test_a_worker_that_dies_costs_its_own_item(ray_cluster, tmp_path):
         assert list(engine.map_items(_square_or_segfault, range(8), 1, "plain")) == expected
         keys = [f"item{n}" for n in range(8)]
         assert list(engine.map_items(_square_or_segfault, range(8), 1, "journalled", keys)) == expected
-        assert engine.stats["journalled"] == {"computed": 8, "from_journal": 0}
+        assert (engine.stats["journalled"]["computed"], engine.stats["journalled"]["from_journal"]) == (8, 0)
         assert not list((tmp_path / "journal").rglob("*.pkl"))
     finally:
         engine.close()
