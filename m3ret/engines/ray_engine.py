@@ -153,6 +153,7 @@ class RayEngine:
             bar.close()
         seconds = {"first_result_s": round(first or 0.0, 3), "seconds": round(time.perf_counter() - tic, 3)}
         self.stats[desc] = {"computed": len(todo), "from_journal": len(items) - len(todo), **seconds}
+        log.info("ray engine, %s: %s", desc, self.stats[desc])
         if journal:
             journal.discard(keys)
 
@@ -164,4 +165,5 @@ class RayEngine:
         self._connect()
         journal = Journal(self.journal_root / "embed")
         pooled, self.stats["embed"] = embed_on_ray(self.cfg, journal, encoder, frames_dir, n_frames, batch_size)
+        log.info("ray engine, embed (shards): %s", self.stats["embed"])
         return pooled
