@@ -4,6 +4,10 @@
 serves both. A collection is built completely (insert, flush, index, load) before the alias moves to it, and Milvus
 switches an alias atomically, so a reader searching through the alias sees the old collection or the new one, never
 an empty or half-built one.
+
+Where a server differs from Lite (each shown by the tests in tests/index on a real Milvus standalone):
+- the alias is looked up through `has_collection`/`describe_collection`, which honour the database in the URI
+  (`http://host:19530/<db>`); a 2.3 server's alias listing answers from the default database whatever the URI says.
 """
 
 from __future__ import annotations
@@ -81,9 +85,9 @@ class MilvusIndex:
 
     def current(self) -> str | None:
         """The collection the alias points at, or None before the first publish."""
-        if self.cfg.alias not in self.client.list_aliases().get("aliases", []):
+        if not self.client.has_collection(self.cfg.alias):
             return None
-        return self.client.describe_alias(self.cfg.alias)["collection_name"]
+        return self.client.describe_collection(self.cfg.alias)["collection_name"]
 
     def count(self, collection: str | None = None, where: SearchFilter | None = None) -> int:
         """Rows in `collection` (default: the published one) matching `where`."""
