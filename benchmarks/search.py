@@ -50,6 +50,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# before m3ret.index.query's import of decord, which dlopens every nvidia/*/lib/*.so torch installed with RTLD_GLOBAL,
+# libnvblas among them: Milvus Lite's faiss, loaded after it, then calls nvblas's sgemm_ with no CPU BLAS behind it
+# and an IVF build segfaults
+import faiss  # noqa: F401
 import numpy as np
 import pandas as pd
 import pymilvus
