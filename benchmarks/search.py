@@ -8,7 +8,8 @@ to exploit and would make every index look worse than on real embeddings. Each c
 modality filter keeps whole neighbourhoods, as it does for real image embeddings.
 
 Exact search is numpy in this process: one query's `vectors @ q` and an argpartition top-10 over the vectors in
-memory (`numpy` rows; filtered: over the query's modality's rows, sliced beforehand). Every latency is also given as
+memory (`numpy` rows; filtered: over the query's modality's rows, sliced beforehand), its BLAS on one thread or on
+every core, whichever is faster at that size. Every latency is also given as
 a ratio against that numpy p50 (`x numpy`), measured in the same process on the same vectors, because these machines
 are noisy.
 
@@ -22,7 +23,7 @@ drop index, `create_index` with `schema.index_params`, `MilvusIndex.wait_until_i
 shared insert + that type's index build. Queries are fresh points of the same mixture (not in the collection). Each
 query is a single-vector `MilvusIndex.search(q, 10)`; after warm-up searches, p50/p99 are over `--queries` searches:
 by collection name with every scalar field returned, through the alias with the fields the service asks for
-(`m3ret.index.query.QUERY_FIELDS`; each such search first looks the alias up, as the service's do), with a filter
+(`m3ret.index.query.QUERY_FIELDS`; the alias is looked up once per client, as in the service), with a filter
 `SearchFilter(modality=(<the query's own modality>,))` (about a quarter of the rows), and with no fields (ids only).
 recall@10 is against the exact top-10 (same ranking rule: inner product of unit vectors), the filtered one against
 the exact top-10 among that modality's rows.
@@ -31,7 +32,8 @@ Lite builds slowly: a size whose Lite run is estimated (linearly from the previo
 `--lite-budget-s` is skipped for Lite, and the output says so.
 
     python benchmarks/search.py [--quick] [--sizes 10000 100000 1000000] [--backends lite server] \
-        [--index-types FLAT HNSW] [--server http://127.0.0.1:19530] [--out benchmarks/results/search/NAME]
+        [--index-types FLAT HNSW] [--hnsw-ef 128 512] [--server http://127.0.0.1:19530] \
+        [--out benchmarks/results/search/NAME]
 """
 
 from __future__ import annotations
@@ -160,6 +162,20 @@ def numpy_times(q: np.ndarray, galleries: list[np.ndarray], k: int) -> np.ndarra
     return np.asarray(times)
 
 
+def fastest_numpy(q: np.ndarray, plain: list[np.ndarray], filtered: list[np.ndarray], warmup: int):
+    """(threads, plain times [Q], filtered times [Q]) of numpy's search with its BLAS on one thread and on every
+    core, whichever has the lower plain p50: on a shared machine one thread is often faster (measured 3.5 ms
+    against 7.1 ms at 100k x 192), and a weak baseline would flatter every ratio."""
+    from threadpoolctl import threadpool_limits
+
+    runs = []
+    for threads in (1, os.cpu_count()):
+        with threadpool_limits(threads):
+            numpy_times(q[:warmup], plain[:warmup], K)
+            runs.append((threads, numpy_times(q, plain, K), numpy_times(q, filtered, K)))
+    return min(runs, key=lambda run: float(np.median(run[1])))
+
+
 @dataclass
 class Workload:
     """One size's gallery, queries and exact answers, shared by every backend."""
@@ -170,6 +186,7 @@ class Workload:
     own: list[SearchFilter]
     truth: list[set[int]]
     truth_own: list[set[int]]
+    numpy_threads: int
     numpy_plain: np.ndarray
     numpy_filtered: np.ndarray
 
@@ -188,7 +205,7 @@ def workload(n: int, args: argparse.Namespace) -> Workload:
         asking = np.flatnonzero(q_modality == m)
         for i, found in zip(asking, exact_topk(q[asking], per_modality[m], ids[row_modality == m], K), strict=True):
             truth_own[i] = found
-    numpy_times(q[: args.warmup], [vectors] * args.warmup, K)
+    timings = fastest_numpy(q, [vectors] * len(q), [per_modality[m] for m in q_modality], args.warmup)
     return Workload(
         rows,
         vectors,
@@ -196,15 +213,14 @@ def workload(n: int, args: argparse.Namespace) -> Workload:
         [SearchFilter(modality=(m,)) for m in q_modality],
         exact_topk(q, vectors, ids, K),
         truth_own,
-        numpy_times(q, [vectors] * len(q), K),
-        numpy_times(q, [per_modality[m] for m in q_modality], K),
+        *timings,
     )
 
 
 def numpy_row(n: int, dim: int, w: Workload) -> Row:
     p50 = float(np.percentile(w.numpy_plain, 50) * 1e3)
     return Row(
-        "numpy exact",
+        f"numpy exact ({w.numpy_threads} thread{'s' if w.numpy_threads > 1 else ''})",
         n,
         dim,
         "-",
@@ -261,7 +277,6 @@ def bench_backend(backend: str, cfg: IndexConfig, n: int, args: argparse.Namespa
     """Every index type of `args.index_types` on one collection of `cfg`'s backend, dropped afterwards."""
     base = MilvusIndex(replace(cfg, index_type="FLAT"))
     out = []
-    none: list[SearchFilter | None] = [None] * len(w.q)
     name = base.collection_name(VERSION)
     try:
         base.drop_collection(name)
@@ -272,43 +287,48 @@ def bench_backend(backend: str, cfg: IndexConfig, n: int, args: argparse.Namespa
         base.publish(name)
         log(f"  {backend} {n} rows: insert (upsert + flush) {insert_s:.1f} s")
         for index_type in args.index_types:
-            index = MilvusIndex(replace(cfg, index_type=index_type), client=base.client)
-            index_s = build_index(index, name)
-            warm = w.q[: args.warmup]
-            timed_searches(index, name, warm, none[: len(warm)])
-            timed_searches(index, name, warm, w.own[: len(warm)])
-            plain_t, plain_ids = timed_searches(index, name, w.q, none)
-            alias_t, _ = timed_searches(index, None, w.q, none, fields=QUERY_FIELDS)
-            filt_t, filt_ids = timed_searches(index, name, w.q, w.own)
-            bare_t, _ = timed_searches(index, name, w.q, none, fields=())
-            row = Row(
-                backend,
-                n,
-                args.dim,
-                index_type,
-                insert_s,
-                index_s,
-                float(np.percentile(plain_t, 50) * 1e3),
-                float(np.percentile(plain_t, 99) * 1e3),
-                recall(plain_ids, w.truth),
-                float(np.percentile(alias_t, 50) * 1e3),
-                float(np.percentile(bare_t, 50) * 1e3),
-                float(np.percentile(filt_t, 50) * 1e3),
-                float(np.percentile(filt_t, 99) * 1e3),
-                recall(filt_ids, w.truth_own),
-                float(np.percentile(w.numpy_plain, 50) * 1e3),
-            )
-            out.append(row)
-            log(
-                f"  {backend} {n} {index_type:<8} index {index_s:6.1f} s  p50 {row.p50_ms:7.2f} ms "
-                f"({row.p50_ms / row.numpy_p50_ms:.1f} x numpy)  recall {row.recall:.3f}"
-            )
+            index_s = build_index(MilvusIndex(replace(cfg, index_type=index_type), client=base.client), name)
+            # HNSW's ef is a search parameter: one build, a row per ef
+            efs = args.hnsw_ef if index_type == "HNSW" else [cfg.hnsw_ef]
+            for ef in efs:
+                index = MilvusIndex(replace(cfg, index_type=index_type, hnsw_ef=ef), client=base.client)
+                label = f"HNSW ef={ef}" if index_type == "HNSW" and len(efs) > 1 else index_type
+                row = measure(index, name, w, args, (backend, n, args.dim, label, insert_s, index_s))
+                out.append(row)
+                log(
+                    f"  {backend} {n} {label:<8} index {index_s:6.1f} s  p50 {row.p50_ms:7.2f} ms "
+                    f"({row.p50_ms / row.numpy_p50_ms:.1f} x numpy)  recall {row.recall:.3f}"
+                )
     finally:
         if base.current() == name:  # a server refuses to drop a collection an alias still names
             base.client.drop_alias(base.cfg.alias)
         base.drop_collection(name)
         base.close()
     return out
+
+
+def measure(index: MilvusIndex, name: str, w: Workload, args: argparse.Namespace, head: tuple) -> Row:
+    """The timed searches of one configuration on the built collection `name`; `head` = the Row's first fields."""
+    none: list[SearchFilter | None] = [None] * len(w.q)
+    warm = w.q[: args.warmup]
+    timed_searches(index, name, warm, none[: len(warm)])
+    timed_searches(index, name, warm, w.own[: len(warm)])
+    plain_t, plain_ids = timed_searches(index, name, w.q, none)
+    alias_t, _ = timed_searches(index, None, w.q, none, fields=QUERY_FIELDS)
+    filt_t, filt_ids = timed_searches(index, name, w.q, w.own)
+    bare_t, _ = timed_searches(index, name, w.q, none, fields=())
+    return Row(
+        *head,
+        float(np.percentile(plain_t, 50) * 1e3),
+        float(np.percentile(plain_t, 99) * 1e3),
+        recall(plain_ids, w.truth),
+        float(np.percentile(alias_t, 50) * 1e3),
+        float(np.percentile(bare_t, 50) * 1e3),
+        float(np.percentile(filt_t, 50) * 1e3),
+        float(np.percentile(filt_t, 99) * 1e3),
+        recall(filt_ids, w.truth_own),
+        float(np.percentile(w.numpy_plain, 50) * 1e3),
+    )
 
 
 @contextmanager
@@ -361,10 +381,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clusters", type=int, default=64, help="mixture components")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--index-types", nargs="+", choices=INDEX_TYPES, default=list(INDEX_TYPES))
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", help="HNSW search ef values (default IndexConfig's)")
     parser.add_argument("--server", help="a running Milvus server's URI (default: start a standalone here)")
     parser.add_argument("--lite-budget-s", type=float, default=900.0, help="skip Lite where estimated longer")
     parser.add_argument("--out", help="also write OUT.md (the command, then this output) and OUT.json")
     args = parser.parse_args(argv)
+    args.hnsw_ef = args.hnsw_ef or [IndexConfig().hnsw_ef]
     sizes = sorted(args.sizes or ([10_000] if args.quick else [10_000, 100_000]))
     args.queries = args.queries or (50 if args.quick else 200)
     printed: list[str] = []
@@ -390,14 +412,14 @@ def main(argv: list[str] | None = None) -> None:
         log(
             f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load}; pymilvus "
             f"{pymilvus.__version__}{f', Milvus server {server_version}' if server_uri else ''}; metric {cfg.metric}; "
-            f"HNSW M={cfg.hnsw_m} efConstruction={cfg.hnsw_ef_construction} ef={cfg.hnsw_ef}; "
+            f"HNSW M={cfg.hnsw_m} efConstruction={cfg.hnsw_ef_construction} ef={'/'.join(map(str, args.hnsw_ef))}; "
             f"IVF nlist={cfg.ivf_nlist} nprobe={cfg.ivf_nprobe}; {args.queries} queries, k={K}; "
             f"vectors: {args.clusters}-component Gaussian mixture on the sphere (cosine to centre ~0.75), not uniform"
         )
         for n in sizes:
             w = workload(n, args)
             rows.append(numpy_row(n, args.dim, w))
-            log(f"  numpy {n}: p50 {rows[-1].p50_ms:.2f} ms")
+            log(f"  numpy {n}: p50 {rows[-1].p50_ms:.2f} ms, BLAS on {w.numpy_threads} thread(s)")
             for backend in args.backends:
                 estimate = lite_seconds[1] * n / lite_seconds[0] if backend == "lite" and lite_seconds else 0.0
                 if estimate > args.lite_budget_s:
@@ -422,8 +444,8 @@ def main(argv: list[str] | None = None) -> None:
         "type's index build until every row is indexed and the collection loaded.\n"
         "- p50/p99: one `MilvusIndex.search` call by collection name (one query vector, every scalar field returned); "
         "x numpy: against the single-query numpy brute force top-10 in this process (the `numpy exact` rows); alias: "
-        "the service's call, through the alias (looked up first) with the fields the service asks for; ids-only: by "
-        "name, no scalar fields.\n"
+        "the service's call, through the alias (looked up once per client) with the fields the service asks for; "
+        "ids-only: by name, no scalar fields.\n"
         "- filtered: `modality == <the query's own modality>` (~1/4 of rows each); its recall is against the exact "
         "top-10 among the rows of that modality; numpy's filtered search runs over that modality's rows, sliced "
         "beforehand."
