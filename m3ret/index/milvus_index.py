@@ -214,7 +214,8 @@ class MilvusIndex:
     def _load_published(self) -> None:
         """Make sure, once per client, that the alias names a loaded collection. Milvus keeps a collection loaded for
         every client until it is released, and `publish` loads a collection before the alias moves to it, so later
-        searches through the alias skip the lookup: two calls, 2-3 ms a search on a server (benchmarks/search.py)."""
+        searches through the alias skip the lookup: two calls, 2 ms a search on a server
+        (benchmarks/results/search/alias-lookup-*.md)."""
         if self.cfg.alias not in self._loaded:
             self._load(self._published())
             self._loaded.add(self.cfg.alias)
