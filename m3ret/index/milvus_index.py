@@ -4,12 +4,25 @@
 serves both. A collection is built completely (insert, flush, index, load) before the alias moves to it, and Milvus
 switches an alias atomically, so a reader searching through the alias sees the old collection or the new one, never
 an empty or half-built one.
+
+Where a server differs from Lite (each shown by the tests in tests/index on a real Milvus standalone):
+- reads ask for Session consistency: a collection's default on a server is Bounded, under which a count right after
+  this client's own upsert missed it (Lite has no such lag); Strong would wait a time tick, ~200 ms, on every
+  search; Session waits only for this client's own writes, so a reader that writes nothing never waits;
+- a server builds a flushed segment's index in the background (Lite before `flush` returns), so `publish` waits
+  until every row is indexed rather than serve the new collection by brute force;
+- the alias is looked up through `has_collection`/`describe_collection`, which honour the database in the URI
+  (`http://host:19530/<db>`); a 2.3 server's alias listing answers from the default database whatever the URI says;
+- throw-away collections (`scratch_config`) get a prefix of their own on a server, where they share one namespace
+  with the published collections (a Lite scratch file is apart by itself).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +40,10 @@ log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 # Milvus caps one search's limit (topk) at 16384.
 MAX_LIMIT = 16384
+# read-your-own-writes without Strong's wait for a time tick on every search (module docstring)
+READ_CONSISTENCY = "Session"
+# how long `publish` waits for a server to index a collection (a million HNSW rows on two cores take minutes)
+INDEX_TIMEOUT_S = 3600.0
 
 
 def is_server_uri(uri: str) -> bool:
@@ -47,10 +64,10 @@ def _batches(table: pd.DataFrame, vectors: np.ndarray, size: int) -> Iterator[li
         raise ValueError(f"index rows lack columns {missing}")
     if len(table) != len(vectors):
         raise ValueError(f"{len(table)} rows but {len(vectors)} vectors")
-    records = table[columns].to_dict("records")
+    table = table[columns]
     vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-    for start in range(0, len(records), size):
-        chunk = records[start : start + size]
+    for start in range(0, len(table), size):
+        chunk = table.iloc[start : start + size].to_dict("records")  # one batch of dicts at a time, not a dict per row
         for row, vec in zip(chunk, vecs[start : start + size], strict=True):
             row[VECTOR_FIELD] = vec
             row["id"] = int(row["id"])
@@ -81,15 +98,18 @@ class MilvusIndex:
 
     def current(self) -> str | None:
         """The collection the alias points at, or None before the first publish."""
-        if self.cfg.alias not in self.client.list_aliases().get("aliases", []):
+        if not self.client.has_collection(self.cfg.alias):
             return None
-        return self.client.describe_alias(self.cfg.alias)["collection_name"]
+        return self.client.describe_collection(self.cfg.alias)["collection_name"]
 
     def count(self, collection: str | None = None, where: SearchFilter | None = None) -> int:
         """Rows in `collection` (default: the published one) matching `where`."""
         name = self._load(collection or self._published())
         expression = where.expression() if where else ""
-        return int(self.client.query(name, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
+        found = self.client.query(
+            name, filter=expression, output_fields=["count(*)"], consistency_level=READ_CONSISTENCY
+        )
+        return int(found[0]["count(*)"])
 
     def rows(
         self, collection: str, where: SearchFilter | None = None, fields: tuple[str, ...] = SCALAR_FIELDS
@@ -97,7 +117,13 @@ class MilvusIndex:
         """Every row of `collection` matching `where`, columns `fields`, in pages (Milvus caps one query's size)."""
         self._load(collection)
         filter_ = where.expression() if where else ""
-        iterator = self.client.query_iterator(collection, batch_size=1000, filter=filter_, output_fields=list(fields))
+        iterator = self.client.query_iterator(
+            collection,
+            batch_size=1000,
+            filter=filter_,
+            output_fields=list(fields),
+            consistency_level=READ_CONSISTENCY,
+        )
         found: list[dict] = []
         try:
             while page := iterator.next():
@@ -145,7 +171,9 @@ class MilvusIndex:
 
     def publish(self, collection: str) -> list[str]:
         """Point the alias at `collection` (atomically), then drop the oldest collections beyond `cfg.retain`.
-        Returns the dropped names. The collection is loaded first so the first search through the alias is served."""
+        Returns the dropped names. The collection is indexed and loaded first so the first search through the alias is
+        served, by its index."""
+        self.wait_until_indexed(collection)
         self._load(collection)
         if self.current() is None:
             self.client.create_alias(collection, self.cfg.alias)
@@ -164,12 +192,33 @@ class MilvusIndex:
             log.info("dropped old collection %s", name)
         return doomed
 
+    def wait_until_indexed(self, name: str, timeout_s: float = INDEX_TIMEOUT_S) -> float:
+        """Block until every row of `name` is in its vector index; returns the seconds waited. A server indexes a
+        flushed segment in the background and meanwhile searches those rows by brute force; Lite is done at once."""
+        start = time.monotonic()
+        while True:
+            state = self.client.describe_index(name, VECTOR_FIELD)
+            if not state.get("pending_index_rows") and state.get("indexed_rows") == state.get("total_rows"):
+                return time.monotonic() - start
+            if state.get("state") == "Failed" or time.monotonic() - start > timeout_s:
+                raise RuntimeError(f"index of {name} at {self.cfg.uri} not built after {timeout_s:.0f} s: {state}")
+            time.sleep(0.1)
+
     def _load(self, name: str) -> str:
         """Load `name` into memory once per client: a reopened Milvus Lite file starts with its collections released."""
         if name not in self._loaded:
             self.client.load_collection(name)
             self._loaded.add(name)
         return name
+
+    def _load_published(self) -> None:
+        """Make sure, once per client, that the alias names a loaded collection. Milvus keeps a collection loaded for
+        every client until it is released, and `publish` loads a collection before the alias moves to it, so later
+        searches through the alias skip the lookup: two calls, 2 ms a search on a server
+        (benchmarks/results/search/alias-lookup-*.md)."""
+        if self.cfg.alias not in self._loaded:
+            self._load(self._published())
+            self._loaded.add(self.cfg.alias)
 
     def _published(self) -> str:
         name = self.current()
@@ -191,7 +240,10 @@ class MilvusIndex:
         if not 1 <= k <= MAX_LIMIT:
             raise ValueError(f"k must be in 1..{MAX_LIMIT}, got {k}")
         target = collection or self.cfg.alias
-        self._load(collection or self._published())
+        if collection:
+            self._load(collection)
+        else:
+            self._load_published()
         queries = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         result = self.client.search(
             target,
@@ -200,14 +252,21 @@ class MilvusIndex:
             filter=where.expression() if where else "",
             output_fields=list(fields),
             search_params=search_params(self.cfg, k),
+            consistency_level=READ_CONSISTENCY,
         )
         return [[Hit(int(h["id"]), float(h["distance"]), dict(h["entity"])) for h in hits] for hits in result]
 
     @staticmethod
     def scratch_config(cfg: IndexConfig, folder: Path) -> IndexConfig:
-        """The same server, or a Lite file of its own in `folder` (a Lite file admits one client per process, and
-        closing it stops its server)."""
-        return cfg if is_server_uri(cfg.uri) else replace(cfg, uri=str(Path(folder) / "scratch.db"))
+        """A Lite file of its own in `folder` (a Lite file admits one client per process, and closing it stops its
+        server), or the same server with collection names of this `folder`'s own: `scratch_<tag>_<prefix>_...` is
+        neither among `collections()` (so `retain` never counts or drops it) nor another run's scratch."""
+        if not is_server_uri(cfg.uri):
+            return replace(cfg, uri=str(Path(folder) / "scratch.db"))
+        tag = hashlib.blake2b(str(Path(folder).resolve()).encode(), digest_size=6).hexdigest()
+        return replace(
+            cfg, collection_prefix=f"scratch_{tag}_{cfg.collection_prefix}", alias=f"scratch_{tag}_{cfg.alias}"
+        )
 
     def close(self) -> None:
         """Close the client; for a Milvus Lite file this client opened, also stop the embedded server so another

@@ -1,4 +1,5 @@
-"""The Milvus index through real Milvus Lite: restart, atomic alias swap under a reader, upserts, deletes, filters."""
+"""The Milvus index through real Milvus Lite and a real Milvus server (the `cfg` fixture runs each test on both):
+restart, atomic alias swap under a reader, upserts, deletes, filters."""
 
 from __future__ import annotations
 
@@ -8,48 +9,13 @@ import textwrap
 import threading
 
 import numpy as np
-import pandas as pd
 import pytest
+from tiny_index import DIM, build_collection, make_items
 
-from m3ret.config import IndexConfig
 from m3ret.index.errors import IndexNotReadyError
 from m3ret.index.filters import FilterError, SearchFilter
 from m3ret.index.milvus_index import MilvusIndex
 from m3ret.index.rows import index_table
-
-DIM = 16
-MODALITIES = ("ct", "mri", "xray")
-
-
-def _items(n: int, seed: int, prefix: str = "item") -> tuple[pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    facts = pd.DataFrame(
-        {
-            "item_id": [f"{prefix}{i:04d}" for i in range(n)],
-            "series_hash": [f"s{i}" for i in range(n)],
-            "group": [f"g{i // 2}" for i in range(n)],
-            "modality": [MODALITIES[i % 3] for i in range(n)],
-            "dataset": "demo",
-            "split": "gallery",
-            "label": "",
-            "kind": "image",
-            "path": [f"data/{prefix}{i}.png" for i in range(n)],
-        }
-    )
-    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
-    return facts, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _build(index: MilvusIndex, version: str, n: int = 60, seed: int = 0) -> tuple[str, np.ndarray]:
-    facts, vectors = _items(n, seed)
-    name = index.ensure_collection(version, DIM)
-    index.write(index_table(facts, "series", version), vectors, collection=name)
-    return name, vectors
-
-
-@pytest.fixture()
-def cfg(tmp_path) -> IndexConfig:
-    return IndexConfig(uri=str(tmp_path / "milvus" / "m3ret.db"), index_type="HNSW", retain=2, insert_batch=25)
 
 
 def test_search_before_publish_names_the_alias(cfg):
@@ -61,7 +27,7 @@ def test_search_before_publish_names_the_alias(cfg):
 
 def test_search_returns_the_item_itself_first_and_filters_by_modality(cfg):
     index = MilvusIndex(cfg)
-    name, vectors = _build(index, "v1")
+    name, vectors = build_collection(index, "v1")
     index.publish(name)
     hits = index.search(vectors[:5], 4)
     assert [h[0].fields["item_id"] for h in hits] == [f"item{i:04d}" for i in range(5)]
@@ -86,9 +52,9 @@ def test_filter_values_are_validated_not_pasted():
 
 def test_upsert_appears_in_search_and_rewriting_adds_no_copy(cfg):
     index = MilvusIndex(cfg)
-    name, _vectors = _build(index, "v1")
+    name, _vectors = build_collection(index, "v1")
     index.publish(name)
-    facts, vectors = _items(3, seed=7, prefix="new")
+    facts, vectors = make_items(3, seed=7, prefix="new")
     rows = index_table(facts, "series", "v1")
     index.write(rows, vectors)
     assert [h[0].fields["item_id"] for h in index.search(vectors, 1)] == ["new0000", "new0001", "new0002"]
@@ -105,11 +71,11 @@ def test_index_survives_a_process_restart(cfg, tmp_path):
         f"""
         import sys
         sys.path.insert(0, {str(__file__.rsplit("/", 1)[0])!r})
-        from test_milvus_index import _build
+        from tiny_index import build_collection
         from m3ret.config import IndexConfig
         from m3ret.index.milvus_index import MilvusIndex
         index = MilvusIndex(IndexConfig(uri={cfg.uri!r}, index_type="HNSW", insert_batch=25))
-        name, _ = _build(index, "v1")
+        name, _ = build_collection(index, "v1")
         index.publish(name)
         index.close()
         """
@@ -118,14 +84,14 @@ def test_index_survives_a_process_restart(cfg, tmp_path):
     index = MilvusIndex(cfg)  # a new process's view of the same file
     assert index.current() == "m3ret_v1"
     assert index.count() == 60
-    _facts, vectors = _items(60, seed=0)
+    _facts, vectors = make_items(60, seed=0)
     assert index.search(vectors[7:8], 1)[0][0].fields["item_id"] == "item0007"
     index.close()
 
 
 def test_alias_swap_is_atomic_for_a_reader_and_old_collections_are_retired(cfg):
     index = MilvusIndex(cfg)
-    name1, vectors = _build(index, "v1")
+    name1, vectors = build_collection(index, "v1")
     index.publish(name1)
     seen: list[tuple[int, set[str]]] = []
     stop = threading.Event()
@@ -139,7 +105,7 @@ def test_alias_swap_is_atomic_for_a_reader_and_old_collections_are_retired(cfg):
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        name2, _ = _build(index, "v2")  # built completely while the reader searches v1 through the alias
+        name2, _ = build_collection(index, "v2")  # built completely while the reader searches v1 through the alias
         index.publish(name2)
         while not any("v2" in versions for _n, versions in seen):
             pass
@@ -149,7 +115,7 @@ def test_alias_swap_is_atomic_for_a_reader_and_old_collections_are_retired(cfg):
     assert seen and all(n == 5 for n, _versions in seen), "a reader saw an empty or short result"
     assert all(versions in ({"v1"}, {"v2"}) for _n, versions in seen)
     assert index.current() == "m3ret_v2"
-    name3, _ = _build(index, "v3")
+    name3, _ = build_collection(index, "v3")
     dropped = index.publish(name3)
     assert dropped == ["m3ret_v1"] and index.collections() == ["m3ret_v2", "m3ret_v3"]
     index.close()
