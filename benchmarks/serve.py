@@ -31,7 +31,7 @@ import numpy as np
 
 from m3ret.config import load_params
 from m3ret.models.embedding_set import EmbeddingSet
-from m3ret.models.query import decode_query
+from m3ret.models.query import Query, decode_query
 from serving.model_store import imported_settings, load_imported_encoder
 
 STEPS = ("decode", "encode", "search")
@@ -61,10 +61,9 @@ def bare_baseline(file: Path, tag: str, gallery: np.ndarray, k: int) -> dict[str
     """Median ms of the bare forward pass of `file`'s frames and of an exact top-k search of its vector."""
     read_cfg, preprocess_cfg, _version = imported_settings(tag)
     encoder = load_imported_encoder(tag)
-    frames, _meta = decode_query(file, read_cfg, preprocess_cfg)
+    frames, meta = decode_query(file, read_cfg, preprocess_cfg)
     forward = _median_ms(lambda: encoder.embed(frames), BASELINE_RUNS)
-    vector = encoder.embed(frames).numpy().mean(axis=0)
-    vector /= np.linalg.norm(vector)
+    vector = Query.from_frame_vectors(frames, encoder.embed(frames).numpy(), meta).vector
 
     def exact() -> np.ndarray:
         scores = gallery @ vector

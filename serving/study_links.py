@@ -14,6 +14,7 @@ from typing import Any
 
 from m3ret.data.reidentify import ReidentifyTable
 from m3ret.data.sources import FILES
+from serving.reloading_file import ReloadingFile
 
 
 class StudyLinks:
@@ -21,24 +22,11 @@ class StudyLinks:
     the table is re-read when ingest rewrites it."""
 
     def __init__(self, table_path: str | Path, viewer_url: str) -> None:
-        self.path = Path(table_path)
         self.viewer_url = viewer_url
-        self._table: ReidentifyTable | None = None
-        self._stamp: tuple[int, int] | None = None
-
-    def _current(self) -> ReidentifyTable | None:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            self._table, self._stamp = None, None
-            return None
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._table, self._stamp = ReidentifyTable.load(self.path), stamp
-        return self._table
+        self._table: ReloadingFile[ReidentifyTable | None] = ReloadingFile(Path(table_path), ReidentifyTable.load, None)
 
     def resolve(self, item_id: str) -> dict[str, Any] | None:
-        table = self._current()
+        table = self._table.value()
         record = table.lookup(item_id) if table is not None else None
         if record is None:
             return None

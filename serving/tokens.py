@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from serving.reloading_file import ReloadingFile
+
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 PREFIX = "m3r_"
 REIDENTIFY = "reidentify"
@@ -57,20 +59,11 @@ class TokenStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._entries: dict[str, dict] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._file: ReloadingFile[dict[str, dict]] = ReloadingFile(self.path, lambda p: json.loads(p.read_text()), {})
 
     def _load(self) -> dict[str, dict]:
         """The entries, re-read when the file changed (size or modification time) since the last read."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            self._entries, self._stamp = {}, None
-            return self._entries
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._entries, self._stamp = json.loads(self.path.read_text()), stamp
-        return self._entries
+        return self._file.value()
 
     def _save(self, entries: dict[str, dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
