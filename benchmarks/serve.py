@@ -12,8 +12,11 @@ item vectors (what the index holds at the series level). Speed is reported as ra
 For each file, a markdown table: requests shed with 503 + Retry-After (by design, beyond `serve.max_in_flight` or the
 encoder's batching budget), answered requests/s, client-side p50/p99 latency of the answered ones, the service's mean
 step times (`timing_ms`), how many requests shared one forward pass (BentoML's adaptive batch size histogram for the
-`encode` API, read from /metrics before and after each level), p50 over (bare forward + exact search), and
-requests/s over concurrency 1's.
+`encode` API, read from /metrics before and after each level), p50 over (bare forward + exact search), requests/s
+over concurrency 1's, and the CPU time each answered request cost the service's processes (the `bentoml serve` tree
+listening on the URL's port: both services' workers, Milvus Lite inside the retrieval worker) and this client. On a
+machine the service shares with its clients, cores / (service + client CPU per request) is the most requests/s any
+concurrency can reach: the ceiling printed under each table.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from m3ret.config import load_params
 from m3ret.models.embedding_set import EmbeddingSet
@@ -45,6 +49,25 @@ def batch_totals(client: httpx.Client, url: str) -> tuple[float, float]:
     for kind, value in _BATCH.findall(client.get(f"{url}/metrics").text):
         totals[kind] += float(value)
     return totals["sum"], totals["count"]
+
+
+def service_processes(port: int) -> list[psutil.Process]:
+    """The process tree serving on local `port`: the topmost `bentoml` ancestor of the listener and all its
+    descendants."""
+    connections = psutil.net_connections("tcp")
+    listeners = [c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    if not listeners:
+        raise SystemExit(f"nothing on this machine listens on port {port}: run the benchmark where the service runs")
+    root = psutil.Process(listeners[0])
+    for parent in root.parents():
+        if any("bentoml" in part for part in parent.cmdline()):
+            root = parent
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds the processes have used so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def _median_ms(call, runs: int) -> float:
@@ -73,8 +96,12 @@ def bare_baseline(file: Path, tag: str, gallery: np.ndarray, k: int) -> dict[str
     return {"frames": len(frames), "forward": forward, "exact_search": _median_ms(exact, BASELINE_RUNS)}
 
 
-def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, token: str) -> dict[str, float]:
-    """`n_requests` searches, `concurrency` in flight at a time, with bearer `token`; latencies in ms."""
+def run_level(
+    url: str, file: Path, k: int, concurrency: int, n_requests: int, token: str, service: list[psutil.Process]
+) -> dict[str, float]:
+    """`n_requests` searches, `concurrency` in flight at a time, with bearer `token`; latencies in ms, CPU ms per
+    answered request of the `service` processes and of this client."""
+    client_process = psutil.Process()
     payload = file.read_bytes()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {token}"}
@@ -93,9 +120,11 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, range(concurrency)))  # warm-up: connections, first batches
             batch_before = batch_totals(client, url)
+            cpu_before = cpu_seconds(service), cpu_seconds([client_process])
             tic = time.perf_counter()
             outcomes = list(pool.map(one, range(n_requests)))
             wall = time.perf_counter() - tic
+            cpu_after = cpu_seconds(service), cpu_seconds([client_process])
             batch_after = batch_totals(client, url)
     results = [r for r in outcomes if r is not None]
     if not results:
@@ -111,6 +140,8 @@ def run_level(url: str, file: Path, k: int, concurrency: int, n_requests: int, t
         "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
         **{step: statistics.fmean(r[1][step] for r in results) for step in STEPS},
         "per_batch": (batch_after[0] - batch_before[0]) / batches if batches else float("nan"),
+        "service_cpu": (cpu_after[0] - cpu_before[0]) * 1000 / len(results),
+        "client_cpu": (cpu_after[1] - cpu_before[1]) * 1000 / len(results),
     }
 
 
@@ -118,16 +149,25 @@ def table(rows: list[dict[str, float]], bare: dict[str, float]) -> str:
     floor = bare["forward"] + bare["exact_search"]
     head = (
         "| concurrency | requests | shed (503) | req/s | p50 ms | p99 ms | decode ms | encode ms | search ms "
-        "| requests per forward pass | p50 / (bare forward + exact search) | req/s / concurrency 1's |"
+        "| requests per forward pass | p50 / (bare forward + exact search) | req/s / concurrency 1's "
+        "| service CPU ms per request | client CPU ms per request |"
     )
-    lines = [head, "|" + "---:|" * 12]
+    lines = [head, "|" + "---:|" * 14]
     for r in rows:
         lines.append(
             f"| {r['concurrency']:.0f} | {r['requests']:.0f} | {r['shed']:.0f} | {r['rps']:.2f} | {r['p50']:.0f} "
             f"| {r['p99']:.0f} "
             f"| {r['decode']:.1f} | {r['encode']:.1f} | {r['search']:.1f} | {r['per_batch']:.2f} "
-            f"| {r['p50'] / floor:.2f} | {r['rps'] / rows[0]['rps']:.2f} |"
+            f"| {r['p50'] / floor:.2f} | {r['rps'] / rows[0]['rps']:.2f} | {r['service_cpu']:.1f} "
+            f"| {r['client_cpu']:.1f} |"
         )
+    busiest = rows[-1]
+    ceiling = (os.cpu_count() or 1) * 1000 / (busiest["service_cpu"] + busiest["client_cpu"])
+    lines.append(
+        f"\nceiling on this machine: {os.cpu_count()} cores / ({busiest['service_cpu']:.1f} + "
+        f"{busiest['client_cpu']:.1f}) CPU ms per request at concurrency {busiest['concurrency']:.0f} = "
+        f"{ceiling:.0f} req/s, {ceiling / rows[0]['rps']:.2f}x concurrency 1's"
+    )
     return "\n".join(lines)
 
 
@@ -143,6 +183,7 @@ def main() -> None:
     if not token:
         parser.error("set M3RET_TOKEN to a bearer token of the service (m3ret-serving token create NAME)")
     url = args.url.rstrip("/")
+    service = service_processes(httpx.URL(url).port or 80)
     health = httpx.get(f"{url}/healthz", timeout=30).json()
     tag = os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest")
     params = load_params(os.environ.get("M3RET_PARAMS", "params.yaml"))
@@ -153,7 +194,7 @@ def main() -> None:
     print(f"baseline: {tag} in this process, exact search over {len(gallery)} item vectors; k={args.k}")
     for file in args.files:
         bare = bare_baseline(file, tag, gallery, args.k)
-        rows = [run_level(url, file, args.k, c, args.requests, token) for c in args.concurrency]
+        rows = [run_level(url, file, args.k, c, args.requests, token, service) for c in args.concurrency]
         print(f"\n{file.name} ({file.stat().st_size / 1024:.0f} KB, {bare['frames']} frame(s)): bare forward "
               f"{bare['forward']:.1f} ms, exact search {bare['exact_search']:.2f} ms\n")  # fmt: skip
         print(table(rows, bare))

@@ -5,6 +5,13 @@ as its own process and forms batches from every caller's frames (adaptive batchi
 within `serve.encoder_max_latency_ms` is refused by BentoML, and the retrieval service answers that request 503
 with Retry-After. BentoML reads the batching settings when this module is imported, so they come from the params file
 (M3RET_PARAMS, default `params.yaml`) at that moment.
+
+Both APIs are `async` so that the forward pass runs on the worker's main thread, the one that loaded the model,
+instead of in BentoML's thread pool. torch's OpenMP parallel regions started from a second thread form a second
+thread team, and on a machine with few cores every region then costs more: the same forward pass of one 224 px frame
+took 21 ms in the pool and 8.5 ms on the main thread here (2 cores, benchmarks/results/serve/). Blocking the event
+loop for one forward pass costs this service nothing: forward passes are all it does, and the requests that arrive
+meanwhile wait in the socket and join the next batch.
 """
 
 from __future__ import annotations
@@ -49,13 +56,13 @@ class Encoder:
         max_batch_size=SERVE.encoder_max_batch_frames,
         max_latency_ms=SERVE.encoder_max_latency_ms,
     )
-    def encode(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
+    async def encode(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
         """Model-ready frames uint8 [N, S, S, 3] -> L2-normalised float32 [N, D]; concurrent callers' frames are
         concatenated along N into one forward pass."""
         return self.encoder.embed(frames).numpy()
 
     @bentoml.api
-    def patch_tokens(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
+    async def patch_tokens(self, frames: Annotated[np.ndarray, DType("uint8")]) -> np.ndarray:
         """Model-ready frames uint8 [N, S, S, 3] -> unit final patch tokens float32 [N, g, g, D], for explanation
         maps (m3ret.models.explain)."""
         return explain.patch_tokens(self.encoder, frames)
