@@ -16,11 +16,13 @@ meanwhile wait in the socket and join the next batch.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated
 
 import bentoml
 import numpy as np
+import torch
 from bentoml.validators import DType
 
 from m3ret.config import load_params
@@ -28,12 +30,14 @@ from m3ret.models import explain
 from serving.model_store import load_imported_encoder
 
 MODEL_TAG = os.environ.get("M3RET_MODEL_TAG", "m3ret-encoder:latest")
+# under BentoML's logger, whose INFO lines `bentoml serve` shows (it keeps the root logger at WARNING)
+log = logging.getLogger(f"bentoml.{__name__}")
 SERVE = load_params(os.environ.get("M3RET_PARAMS", "params.yaml")).serve
 
 
 @bentoml.service(
     name="m3ret-encoder",
-    # one worker: the forward pass uses every core through torch's threads; copies would only compete for them
+    # one worker: the forward pass uses serve.encoder_threads cores (default all); copies would only compete for them
     workers=1,
     # no concurrency limit of its own: the retrieval service admits at most serve.max_in_flight requests, one call
     # each; what cannot be batched in time is refused by the batching budget below
@@ -48,7 +52,10 @@ class Encoder:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        if SERVE.encoder_threads:
+            torch.set_num_threads(SERVE.encoder_threads)
         self.encoder = load_imported_encoder(str(self.model.tag))
+        log.info("encoder %s: %d torch thread(s)", self.model.tag, torch.get_num_threads())
 
     @bentoml.api(
         batchable=True,

@@ -52,7 +52,8 @@ from serving.responses import Refused, error_response, input_refusal, shed_respo
 from serving.study_links import StudyLinks
 from serving.tokens import REIDENTIFY, TokenStore
 
-log = logging.getLogger(__name__)
+# under BentoML's logger, whose INFO lines `bentoml serve` shows (it keeps the root logger at WARNING)
+log = logging.getLogger(f"bentoml.{__name__}")
 PAGE_DIR = Path(__file__).parent / "page"
 STEP_SECONDS = bentoml.metrics.Histogram(
     name="m3ret_step_seconds",

@@ -359,6 +359,9 @@ class ServeConfig(Section):
     # batch before the encoder refuses it (503 with Retry-After)
     encoder_max_batch_frames: int = Field(512, ge=1)
     encoder_max_latency_ms: int = Field(20_000, ge=1)
+    # the encoder service's torch intra-op threads; 0 keeps torch's default (one per core). Fewer leave cores to
+    # the retrieval worker's decoding and searching: more throughput under load, a slower single forward pass
+    encoder_threads: int = Field(0, ge=0)
     # a hit's study link for `reidentify` tokens: {source} (DICOMweb base URL), {study_uid}, {series_uid}; default
     # the study's WADO-RS URL, e.g. OHIF: https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}
     viewer_url: str = "{source}/studies/{study_uid}"

@@ -90,8 +90,10 @@ def test_concurrent_good_and_hostile_files_get_answers_or_a_counted_retry_after(
 
 def test_overload_is_refused_by_design_and_counted(built: Built, tmp_path: Path) -> None:
     """max_in_flight 2 and a 1 ms encoder budget under 32 clients: many requests are shed, each with Retry-After
-    and counted by its reason, none fails otherwise, and the service still answers afterwards."""
-    with serve(built, "overloaded", max_in_flight=2, encoder_max_latency_ms=1) as served:
+    and counted by its reason, none fails otherwise, and the service still answers afterwards (with the encoder on
+    the one torch thread `serve.encoder_threads` asked for)."""
+    with serve(built, "overloaded", max_in_flight=2, encoder_max_latency_ms=1, encoder_threads=1) as served:
+        assert ": 1 torch thread(s)" in served.log.read_text(errors="replace")
         shed_before = _shed(served)
         answers = _send_all(served, _mix(served, tmp_path), REQUESTS)
         shed = _check_answers(served, answers, shed_before)
