@@ -141,6 +141,14 @@ def test_listen_section_checks_its_ae_title_and_port() -> None:
         from_dict(ListenConfig, {"port": 0}, "listen")
 
 
+def test_jpeg_draft_side_may_not_undercut_the_frame_size(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("read: {jpeg_draft_side: 100}\npreprocess: {size: 128}\n")
+    with pytest.raises(ConfigError, match=r"read.jpeg_draft_side 100 < preprocess.size 128.*at least 128"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("read: {jpeg_draft_side: 0}\npreprocess: {size: 128}\n")
+    assert load_params(tmp_path / "params.yaml").read.jpeg_draft_side == 0
+
+
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("ingets: {}\n")
     with pytest.raises(ConfigError, match="unknown section"):

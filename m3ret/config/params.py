@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from m3ret.config.section import ConfigError, Section, from_dict, replace
 from m3ret.config.sections import (
@@ -47,6 +47,17 @@ class Params(BaseModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     listen: ListenConfig = Field(default_factory=ListenConfig)
 
+    @model_validator(mode="after")
+    def _jpeg_draft_keeps_the_frame_size(self) -> Params:
+        side, size = self.read.jpeg_draft_side, self.preprocess.size
+        if 0 < side < size:
+            raise ValueError(
+                f"read.jpeg_draft_side {side} < preprocess.size {size}: JPEGs would be decoded smaller than the frames "
+                f"stored from them; set it to 0 or at least {size} (4x, {4 * size}, keeps frames within a fraction "
+                "of a grey level of a full decode)"
+            )
+        return self
+
 
 SECTIONS: dict[str, type[Section]] = {name: info.annotation for name, info in Params.model_fields.items()}
 # Settings that may come from the environment instead of params.yaml (secrets, and where a deployment's index is);
@@ -76,4 +87,4 @@ def load_params(path: str | Path = "params.yaml", environ: Mapping[str, str] | N
             overrides.setdefault(name, {})[key] = environ[variable]
     for name, changes in overrides.items():  # a section's variables at once: a user goes with its password
         sections[name] = replace(sections[name], **changes)
-    return Params(**sections)
+    return from_dict(Params, sections, Path(path).name)

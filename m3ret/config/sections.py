@@ -60,6 +60,11 @@ class ReadConfig(Section):
     windowing: WindowingConfig = Field(default_factory=WindowingConfig)
     video: VideoSamplingConfig = Field(default_factory=VideoSamplingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    # JPEG images only: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, a fraction of the work) as long as
+    # both sides stay >= this many px; 0 decodes every pixel. At 4x `preprocess.size` the stored frames move by
+    # 0.2-0.3 grey levels on average from a full decode's (benchmarks/jpeg_draft.py); at least preprocess.size.
+    # Like every read setting it is part of the model version (changing it means re-embedding)
+    jpeg_draft_side: int = Field(256, ge=0)
 
 
 # -------------------------------------------------------------------------------------------- stages

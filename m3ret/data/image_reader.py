@@ -8,6 +8,8 @@ Grey stays one channel, everything with colour (or a palette, or alpha) becomes 
 - `RGB`, `RGBA`, `LA`, `P`, `PA`, `CMYK`, `YCbCr`, ...: converted to RGB, alpha dropped (not composited).
 
 The EXIF orientation tag is applied (camera JPEGs: dermoscopy, fundus), and a multi-page TIFF gives its first page.
+With `read.jpeg_draft_side`, a JPEG much larger than that is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself
+(the header keeps the stored size, `decoded_shape` the decoded one).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def read_image(path: Path, cfg: ReadConfig) -> tuple[np.ndarray, dict]:
                 "shape": [height, width],
                 "n_pages": int(getattr(img, "n_frames", 1)),
             }
+            if cfg.jpeg_draft_side and img.format == "JPEG":
+                img.draft(None, (cfg.jpeg_draft_side, cfg.jpeg_draft_side))
+                header["decoded_shape"] = [img.size[1], img.size[0]]
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # without a copy of the decoded pixels
             pixels, window = _to_uint8(img, cfg)

@@ -15,6 +15,7 @@ from PIL import Image
 from m3ret.config import LimitsConfig, ReadConfig
 from m3ret.data.errors import InputTooLargeError, UnreadableInputError
 from m3ret.data.image_reader import read_image
+from m3ret.data.resize import letterbox
 
 CFG = ReadConfig()
 RNG = np.random.default_rng(0)
@@ -154,3 +155,23 @@ def test_skimage_retina_png(tmp_path: Path) -> None:
     frames, meta = read_image(_save(tmp_path, Image.fromarray(retina), "retina.png", compress_level=1), CFG)
     assert frames.shape == (1, *retina.shape) and meta["channels"] == 3
     np.testing.assert_array_equal(frames[0], retina)
+
+
+def test_jpeg_draft_decodes_a_large_jpeg_at_reduced_scale(tmp_path: Path) -> None:
+    """`jpeg_draft_side` (default 256): libjpeg decodes at the smallest 1/2..1/8 scale that keeps both sides >= it;
+    the frame preprocessing stores from it is the full decode's within a grey level. PNGs and small JPEGs are
+    untouched."""
+    retina = skimage.data.retina()  # 1411 x 1411 RGB
+    path = _save(tmp_path, Image.fromarray(retina), "fundus.jpg", quality=92)
+    full, full_meta = read_image(path, ReadConfig(jpeg_draft_side=0))
+    draft, meta = read_image(path, CFG)
+    assert draft.shape == (1, 353, 353, 3) and meta["height"] == meta["width"] == 353  # 1/4: 1411 // 256 = 5
+    assert meta["header"]["shape"] == [1411, 1411] and meta["header"]["decoded_shape"] == [353, 353]
+    assert "decoded_shape" not in full_meta["header"]
+    stored_full, stored_draft = letterbox(full[0], 64), letterbox(draft[0], 64)
+    assert np.abs(stored_full.astype(int) - stored_draft.astype(int)).mean() < 1.0
+
+    small = _save(tmp_path, Image.fromarray(retina[:300, :300]), "small.jpg", quality=92)
+    assert read_image(small, ReadConfig(jpeg_draft_side=256))[0].shape == (1, 300, 300, 3)  # 300 // 256 = 1
+    png = _save(tmp_path, Image.fromarray(retina), "fundus.png", compress_level=1)
+    np.testing.assert_array_equal(read_image(png, ReadConfig(jpeg_draft_side=256))[0][0], retina)
