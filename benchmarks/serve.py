@@ -41,6 +41,7 @@ from serving.model_store import imported_settings, load_imported_encoder
 STEPS = ("decode", "encode", "search")
 _BATCH = re.compile(r'adaptive_batch_size_(sum|count)\{[^}]*method_name="encode"[^}]*\} ([0-9.e+-]+)')
 BASELINE_RUNS = 30
+WARM_UP = 16  # requests before each level's timed ones, at least
 
 
 def batch_totals(client: httpx.Client, url: str) -> tuple[float, float]:
@@ -118,7 +119,9 @@ def run_level(
             return latency, response.json()["timing_ms"]
 
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(concurrency)))  # warm-up: connections, first batches
+            # warm-up: connections, and the encoder's batching dispatcher, whose first dozen calls after a start
+            # calibrate it (two of them wait for company on purpose)
+            list(pool.map(one, range(max(concurrency, WARM_UP))))
             batch_before = batch_totals(client, url)
             cpu_before = cpu_seconds(service), cpu_seconds([client_process])
             tic = time.perf_counter()
