@@ -122,6 +122,14 @@ def test_full_pipeline_trains_indexes_evaluates_and_serves_search(repo: Path) ->
     assert (repo / "grid.png").exists()
     assert _stale(repo) == {}
 
+    # a code change reruns pretrain, which resumes at its last step: nothing to train, and its metrics are kept
+    trained = json.loads((repo / "reports/pretrain/metrics.json").read_text())
+    with (repo / "m3ret/train/schedule.py").open("a") as f:
+        f.write("# edited\n")
+    assert "Running stage 'pretrain'" in _run(["dvc", "repro", "pretrain"], repo)
+    assert json.loads((repo / "reports/pretrain/metrics.json").read_text()) == trained
+    assert _stale(repo, "pretrain") == {}
+
 
 def _picture(path: Path, seed: int) -> None:
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8)).save(path)
