@@ -6,8 +6,10 @@ what the same query costs without the service, measured in this process in the s
 
 Run it where the service runs (same BENTOML_HOME, M3RET_MODEL_TAG and params file as `bentoml serve`): the baseline
 loads the imported model from the BentoML store, decodes each file with its read/preprocess settings and times
-`Encoder.embed` of its frames (the bare forward pass) and an exact numpy search of its vector over the embed stage's
-item vectors (what the index holds at the series level). Speed is reported as ratios against that baseline.
+`Encoder.embed` of its frames (the bare forward pass; also called from a second thread, as a thread pool would) and
+an exact numpy search of its vector over the embed stage's item vectors (what the index holds at the series level),
+and the query preview PNG the answer carries. Speed is reported as ratios against that baseline. A request the
+service refuses after reading its upload (k=0) gives the cost of the HTTP handling itself.
 
 For each file, a markdown table: requests shed with 503 + Retry-After (by design, beyond `serve.max_in_flight` or the
 encoder's batching budget), answered requests/s, client-side p50/p99 latency of the answered ones, the service's mean
@@ -34,6 +36,7 @@ import numpy as np
 import psutil
 
 from m3ret.config import load_params
+from m3ret.data.thumbnails import to_png
 from m3ret.models.embedding_set import EmbeddingSet
 from m3ret.models.query import Query, decode_query
 from serving.model_store import imported_settings, load_imported_encoder
@@ -81,20 +84,43 @@ def _median_ms(call, runs: int) -> float:
     return statistics.median(times)
 
 
-def bare_baseline(file: Path, tag: str, gallery: np.ndarray, k: int) -> dict[str, float]:
-    """Median ms of the bare forward pass of `file`'s frames and of an exact top-k search of its vector."""
+def bare_baseline(file: Path, tag: str, gallery: np.ndarray, k: int, thumbnail_size: int) -> dict[str, float]:
+    """Median ms of the bare forward pass of `file`'s frames (on this thread, which loaded the model, and from a
+    second thread), of an exact top-k search of its vector and of its query preview PNG."""
     read_cfg, preprocess_cfg, _version = imported_settings(tag)
     encoder = load_imported_encoder(tag)
     frames, meta = decode_query(file, read_cfg, preprocess_cfg)
     forward = _median_ms(lambda: encoder.embed(frames), BASELINE_RUNS)
-    vector = Query.from_frame_vectors(frames, encoder.embed(frames).numpy(), meta).vector
+    with ThreadPoolExecutor(1) as other_thread:
+        forward_elsewhere = _median_ms(lambda: other_thread.submit(encoder.embed, frames).result(), BASELINE_RUNS)
+    query = Query.from_frame_vectors(frames, encoder.embed(frames).numpy(), meta)
+    vector = query.vector
 
     def exact() -> np.ndarray:
         scores = gallery @ vector
         top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
         return top[np.argsort(-scores[top])]
 
-    return {"frames": len(frames), "forward": forward, "exact_search": _median_ms(exact, BASELINE_RUNS)}
+    return {
+        "frames": len(frames),
+        "forward": forward,
+        "forward_elsewhere": forward_elsewhere,
+        "exact_search": _median_ms(exact, BASELINE_RUNS),
+        "preview": _median_ms(lambda: to_png(query.preview(), thumbnail_size), BASELINE_RUNS),
+    }
+
+
+def refused_ms(url: str, file: Path, token: str) -> float:
+    """Median ms of a POST /search with `file` that the service refuses after parsing the upload (k=0: 400): what
+    BentoML's request handling, the guards and the multipart upload cost."""
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
+        payload = file.read_bytes()
+
+        def refused() -> None:
+            response = client.post(f"{url}/search", files={"file": (file.name, payload)}, data={"k": "0"})
+            assert response.status_code == 400, response.text
+
+        return _median_ms(refused, BASELINE_RUNS)
 
 
 def run_level(
@@ -196,10 +222,13 @@ def main() -> None:
     print(f"service {url}: model {health['model_version']}, {health['collection']} ({health['rows']} rows)")
     print(f"baseline: {tag} in this process, exact search over {len(gallery)} item vectors; k={args.k}")
     for file in args.files:
-        bare = bare_baseline(file, tag, gallery, args.k)
+        bare = bare_baseline(file, tag, gallery, args.k, params.serve.thumbnail_size)
+        refused = refused_ms(url, file, token)
         rows = [run_level(url, file, args.k, c, args.requests, token, service) for c in args.concurrency]
         print(f"\n{file.name} ({file.stat().st_size / 1024:.0f} KB, {bare['frames']} frame(s)): bare forward "
-              f"{bare['forward']:.1f} ms, exact search {bare['exact_search']:.2f} ms\n")  # fmt: skip
+              f"{bare['forward']:.1f} ms (from a second thread {bare['forward_elsewhere']:.1f} ms), exact search "
+              f"{bare['exact_search']:.2f} ms, query preview PNG {bare['preview']:.1f} ms; the service refusing it "
+              f"after reading the upload (k=0): {refused:.1f} ms\n")  # fmt: skip
         print(table(rows, bare))
 
 
