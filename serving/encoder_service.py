@@ -8,10 +8,10 @@ with Retry-After. BentoML reads the batching settings when this module is import
 
 Both APIs are `async` so that the forward pass runs on the worker's main thread, the one that loaded the model,
 instead of in BentoML's thread pool. torch's OpenMP parallel regions started from a second thread form a second
-thread team, and on a machine with few cores every region then costs more: the same forward pass of one 224 px frame
-took 21 ms in the pool and 8.5 ms on the main thread here (2 cores, benchmarks/results/serve/). Blocking the event
-loop for one forward pass costs this service nothing: forward passes are all it does, and the requests that arrive
-meanwhile wait in the socket and join the next batch.
+thread team, and on a machine with few cores every region then costs more: the same forward pass of one query frame
+took 17.2 ms from a second thread and 7.7 ms on the loading one here (2 cores, benchmarks/results/serve/lite.txt).
+Blocking the event loop for one forward pass costs this service nothing: forward passes are all it does, and the
+requests that arrive meanwhile wait in the socket and join the next batch.
 """
 
 from __future__ import annotations
