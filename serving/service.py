@@ -61,8 +61,9 @@ STEP_SECONDS = bentoml.metrics.Histogram(
     labelnames=["step"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-# the encoder service refuses work it cannot batch within its latency budget (503; 429 from a concurrency limit)
-OVERLOAD_CODES = (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS)
+# the encoder service refuses work it cannot batch within its latency budget with 503 (it has no concurrency limit
+# of its own, BentoML's source of 429s)
+ENCODER_REFUSAL = HTTPStatus.SERVICE_UNAVAILABLE
 
 page = FastAPI(title="m3ret page", docs_url=None, redoc_url=None, openapi_url=None)
 page.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
@@ -252,7 +253,7 @@ class Retrieval:
         try:
             return np.asarray(await getattr(self.encoder.to_async, api)(frames), dtype=np.float32)
         except BentoMLException as err:
-            if err.error_code in OVERLOAD_CODES:
+            if err.error_code == ENCODER_REFUSAL:
                 return shed_response("encoder_budget", "the encoder is at capacity: retry shortly")
             log.exception("the encoder service failed")
             return shed_response("encoder_error", f"encoder: {err}")
